@@ -1,0 +1,42 @@
+# Two commands set up everything on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch is installed first and pinned, so a CPU machine never pulls a multi-GB CUDA build.
+# On a CUDA machine: `make install TORCH=torch`.
+TORCH ?= torch==2.13.0
+
+.PHONY: install demo test test-fast lint format bench tensorboard clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH)"
+	$(PY) -m pip install -e ".[dev]"
+	touch $@
+
+demo: install
+	$(VENV)/bin/hyperpilot demo
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: install
+	$(PY) scripts/bench.py throughput
+
+tensorboard: install
+	$(VENV)/bin/tensorboard --logdir runs
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,362 @@
+"""The batched engine: N inner training runs of one shape bucket as one tensor program.
+
+Parameters of the N models are the rows of one flat `[N, P]` buffer; one
+`vmap(grad_and_value(...))` call gives every run's loss and gradients. Each run has
+its own minibatch order, hyperparameters `[N]`, gradient clipping and Adam state,
+and ends alone when it diverges. The engine also builds the observation and the
+reward, so training, evaluation and deployment share one definition of both.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.func import functional_call, grad_and_value, vmap
+
+from hyperpilot.envs.actions import Hyperparams, base_schedule, decode_action
+from hyperpilot.envs.episodes import Episode
+from hyperpilot.envs.features import FeatureTracker
+from hyperpilot.envs.optim import BatchedAdam, clip_by_global_norm, row_dot
+from hyperpilot.envs.reward import compute_reward
+from hyperpilot.envs.settings import EnvSettings, resolve_device
+from hyperpilot.envs.tasks.base import TaskInstance
+
+
+class MinibatchOrder:
+    """Per-run shuffled minibatches: each run walks its own random permutations.
+
+    Run i draws `torch.randperm(n_rows, generator=Generator().manual_seed(seed_i))`
+    and takes `batch_size` rows at a time, drawing a new permutation when fewer than
+    `batch_size` rows remain (the remainder is dropped, like `drop_last=True`).
+    """
+
+    def __init__(self, n: int, n_rows: int, batch_size: int, device: torch.device):
+        if batch_size > n_rows:
+            raise ValueError(f"batch_size {batch_size} exceeds the {n_rows} train rows")
+        self.n_rows, self.batch_size, self.device = n_rows, batch_size, device
+        self.generators = [torch.Generator() for _ in range(n)]
+        self.perms = torch.zeros(n, n_rows, dtype=torch.long, device=device)
+        self.position = torch.full((n,), n_rows, dtype=torch.long, device=device)
+        self.offsets = torch.arange(batch_size, device=device)
+
+    def restart(self, run: int, seed: int) -> None:
+        """Restarts run `run` from seed `seed`."""
+        self.generators[run].manual_seed(seed)
+        self.position[run] = self.n_rows
+
+    def next(self) -> torch.Tensor:
+        """`[N, batch_size]` row indices of every run's next minibatch."""
+        exhausted = (self.position + self.batch_size > self.n_rows).nonzero().flatten()
+        for run in exhausted.tolist():
+            perm = torch.randperm(self.n_rows, generator=self.generators[run])
+            self.perms[run] = perm.to(self.device)
+            self.position[run] = 0
+        index = self.perms.gather(1, self.position[:, None] + self.offsets)
+        self.position += self.batch_size
+        return index
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What one decision window produced, per run (all `[N]` unless noted).
+
+    `obs` is `[N, F]`; `grad_norms` is `[N, K]` (pre-clip, one per inner step);
+    `grad_update_dot` sums, over the window, the dot product of each step's gradient
+    with the previous step's parameter update (the hypergradient signal).
+    """
+
+    obs: torch.Tensor
+    reward: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    train_loss: torch.Tensor
+    val_loss: torch.Tensor
+    grad_norm: torch.Tensor
+    grad_norms: torch.Tensor
+    grad_update_dot: torch.Tensor
+    hparams: Hyperparams
+
+
+class BatchedEngine:
+    """N inner runs of one shape bucket, in lockstep, on one device.
+
+    Use `start` to load episodes into runs, then `act` (an agent's actions) or
+    `advance` (hyperparameters chosen by any controller) once per decision.
+    """
+
+    def __init__(self, n: int, settings: EnvSettings | None = None) -> None:
+        if n < 1:
+            raise ValueError(f"an engine needs n >= 1 runs, got {n}")
+        self.n = n
+        self.settings = settings or EnvSettings()
+        self.device = resolve_device(self.settings.device)
+        self.dtype = self.settings.torch_dtype
+        self.k = self.settings.decision_interval
+        self._built = False
+        self.families = [""] * n
+        self.instances: list[TaskInstance | None] = [None] * n
+
+    # ------------------------------------------------------------------ set-up
+    def _build(self, instance: TaskInstance) -> None:
+        """Allocates stacked tensors shaped like `instance` for all N runs."""
+        n, kw = self.n, {"device": self.device, "dtype": self.dtype}
+        # One flat [N, P] buffer holds every run's parameters; `params` are views of
+        # it shaped like the model's, for functional_call.
+        shapes = {k: p.shape for k, p in instance.model.named_parameters()}
+        sizes = [math.prod(shape) for shape in shapes.values()]
+        self.flat_params = torch.zeros(n, sum(sizes), **kw)
+        self.params = {
+            name: chunk.view(n, *shape)
+            for (name, shape), chunk in zip(
+                shapes.items(), self.flat_params.split(sizes, dim=1)
+            )
+        }
+        self.base_model = copy.deepcopy(instance.model).to("meta")
+        self.loss_fn = instance.loss
+        self.accuracy_fn = instance.accuracy
+
+        def stack(t: torch.Tensor) -> torch.Tensor:
+            target = t.to(self.device, self.dtype if t.is_floating_point() else t.dtype)
+            return target.unsqueeze(0).repeat(n, *([1] * t.dim())).contiguous()
+
+        self.data = {
+            name: stack(getattr(instance, name))
+            for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+        }
+        self.batch_size = instance.batch_size
+        self.order = MinibatchOrder(
+            n, len(instance.x_train), self.batch_size, self.device
+        )
+        self.adam = BatchedAdam(
+            self.flat_params, self.settings.beta2, self.settings.eps
+        )
+        self.tracker = FeatureTracker(n, self.device)
+        self.hparams = Hyperparams.full(n, 1e-3, 0.9, 1.0, **kw)
+        self.initial = self.hparams
+        zeros = {"device": self.device, "dtype": torch.long}
+        self.step_count = torch.zeros(n, **zeros)
+        self.horizon = torch.ones(n, **zeros)
+        self.running = torch.zeros(n, dtype=torch.bool, device=self.device)
+        self.first_val = torch.ones(n, device=self.device, dtype=torch.float64)
+        self.last_val = torch.ones(n, device=self.device, dtype=torch.float64)
+        self.prev_grad = torch.zeros_like(self.flat_params)
+        self.prev_grad_norm = torch.zeros(n, **kw)
+        self.prev_update = torch.zeros_like(self.flat_params)
+        n_rows = len(instance.x_train)
+        self._row_offsets = (torch.arange(n, device=self.device) * n_rows)[:, None]
+
+        def loss_of(params, x, y):
+            return self.loss_fn(functional_call(self.base_model, params, (x,)), y)
+
+        def outputs_of(params, x):
+            return functional_call(self.base_model, params, (x,))
+
+        self._grad_fn = vmap(grad_and_value(loss_of))
+        self._loss_fn = vmap(loss_of)
+        self._outputs_fn = vmap(outputs_of)
+        self._built = True
+
+    def start(self, runs: Sequence[int], episodes: Sequence[Episode]) -> torch.Tensor:
+        """Loads `episodes` into `runs` and returns their first observations `[len, F]`.
+
+        The first call must load all N runs. Every instance must share the bucket's
+        shapes (same family and shape knobs).
+        """
+        if len(runs) != len(episodes):
+            raise ValueError("start() needs one episode per run")
+        if not self._built:
+            if sorted(runs) != list(range(self.n)):
+                raise ValueError(f"the first start() must load all {self.n} runs")
+            self._build(episodes[0].instance)
+        mask = torch.zeros(self.n, dtype=torch.bool, device=self.device)
+        lr, beta1, clip = (
+            self.hparams.lr.clone(),
+            self.hparams.beta1.clone(),
+            self.hparams.clip.clone(),
+        )
+        val_available = torch.zeros(self.n, dtype=torch.bool, device=self.device)
+        with torch.no_grad():
+            for run, episode in zip(runs, episodes):
+                self._load_instance(run, episode.instance)
+                mask[run] = True
+                lr[run], beta1[run], clip[run] = episode.lr, episode.beta1, episode.clip
+                val_available[run] = episode.val_available
+            self.hparams = Hyperparams(lr, beta1, clip)
+            self.initial = self.hparams.where(mask, self.initial)
+            self.adam.reset_runs(mask)
+            for state in (self.prev_grad, self.prev_grad_norm, self.prev_update):
+                state[mask] = 0.0
+            self.step_count[mask] = 0
+            self.running |= mask
+            val = self.evaluate("val").to(torch.float64)
+            self.first_val = torch.where(mask, val, self.first_val)
+            self.last_val = torch.where(mask, val, self.last_val)
+            self.tracker.reset(mask, self.first_val, val_available)
+            obs = self.tracker.observe(*self.hparams.values(), self.progress(), val)
+        return obs[mask]
+
+    def _load_instance(self, run: int, instance: TaskInstance) -> None:
+        for name, param in instance.model.named_parameters():
+            if name not in self.params or self.params[name][run].shape != param.shape:
+                raise ValueError(
+                    f"instance of {instance.family!r} does not fit this engine's shapes "
+                    f"(parameter {name!r}); runs in one engine need equal shape knobs"
+                )
+            self.params[name][run] = param.detach().to(self.device, self.dtype)
+        for name, value in self.data.items():
+            source = getattr(instance, name)
+            if value[run].shape != source.shape:
+                raise ValueError(
+                    f"instance {name} shape {tuple(source.shape)} does not "
+                    f"fit this engine ({tuple(value[run].shape)})"
+                )
+            value[run] = source.to(self.device, value.dtype)
+        if instance.batch_size != self.batch_size:
+            raise ValueError("runs in one engine need the same batch_size")
+        self.order.restart(run, instance.data_seed)
+        self.horizon[run] = instance.horizon
+        self.families[run] = instance.family
+        self.instances[run] = instance
+
+    # ---------------------------------------------------------------- stepping
+    def _train_rows(self, data: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Gathers minibatch rows of `[N, n_rows, ...]` data by flat row index.
+
+        An `index_select` is about 4x faster than two-tensor advanced indexing.
+        """
+        flat = data.view(-1, *data.shape[2:])
+        return flat.index_select(0, rows).view(self.n, -1, *data.shape[2:])
+
+    def progress(self) -> torch.Tensor:
+        """`[N]` inner steps done / horizon, in [0, 1]."""
+        return (self.step_count.to(torch.float64) / self.horizon).clamp(0.0, 1.0)
+
+    def decisions_left(self) -> torch.Tensor:
+        """`[N]` decisions each run has left."""
+        left = (self.horizon - self.step_count).clamp(min=0)
+        return torch.div(left + self.k - 1, self.k, rounding_mode="floor")
+
+    def decode(self, action: torch.Tensor) -> Hyperparams:
+        """The hyperparameters that `action` `[N, k]` asks for (see `decode_action`)."""
+        base = None
+        if self.settings.action_mode == "residual":
+            base = base_schedule(self.initial, self.step_count, self.horizon)
+        action = torch.as_tensor(action, device=self.device, dtype=self.dtype)
+        return decode_action(
+            action,
+            self.hparams,
+            self.settings.controlled,
+            self.settings.action_mode,
+            base,
+        )
+
+    def act(self, action: torch.Tensor) -> Transition:
+        """Decodes an agent's actions `[N, k]`, then runs one decision window."""
+        return self.advance(self.decode(action))
+
+    def advance(self, hparams: Hyperparams) -> Transition:
+        """Sets `hparams` for the runs still running and trains K inner steps."""
+        running = self.running
+        self.hparams = hparams.to(self.device, self.dtype).where(running, self.hparams)
+        lr, beta1, clip = self.hparams.values()
+        k = self.k
+        grad_norms = torch.zeros(self.n, k, device=self.device, dtype=self.dtype)
+        update_dot = torch.zeros(self.n, device=self.device, dtype=torch.float64)
+        diverged = torch.zeros(self.n, dtype=torch.bool, device=self.device)
+        limit_factor = self.settings.divergence_factor
+        for i in range(k):
+            rows = (self.order.next() + self._row_offsets).flatten()
+            x = self._train_rows(self.data["x_train"], rows)
+            y = self._train_rows(self.data["y_train"], rows)
+            grads, loss = self._grad_fn(self.params, x, y)
+            grad = torch.cat([g.reshape(self.n, -1) for g in grads.values()], dim=1)
+            loss = loss.detach()
+            first = self.tracker.first_loss
+            limit = torch.where(torch.isnan(first), math.inf, limit_factor * first)
+            bad = ~torch.isfinite(loss) | (loss.to(torch.float64) > limit)
+            diverged |= running & bad
+            active = running & ~diverged & (self.step_count < self.horizon)
+            grad_dot_prev = row_dot(grad, self.prev_grad)
+            update_dot += row_dot(grad, self.prev_update).to(torch.float64)
+            self.prev_grad = grad.clone()
+            grad, norm, clipped = clip_by_global_norm(grad, clip)
+            grad_norms[:, i] = norm
+            agreement = grad_dot_prev / (norm * self.prev_grad_norm).clamp_min(1e-30)
+            self.prev_grad_norm = norm
+            self.prev_update = self.adam.step(self.flat_params, grad, lr, beta1, active)
+            self.tracker.record_step(loss, norm, clipped & active, agreement)
+            self.step_count += active.long()
+        with torch.no_grad():
+            finite = self.flat_params.isfinite().all(1)
+            diverged |= running & ~finite
+            train_loss = self.tracker.window_train_loss()
+            val = self.evaluate("val").to(torch.float64)
+            truncated = running & ~diverged & (self.step_count >= self.horizon)
+            reward = compute_reward(
+                self.settings.reward,
+                val_loss=val,
+                previous_val_loss=self.last_val,
+                first_val_loss=self.first_val,
+                train_loss=train_loss,
+                first_train_loss=self.tracker.first_loss,
+                last_decision=truncated.to(torch.float64),
+                diverged=diverged,
+                decisions_left=self.decisions_left(),
+            )
+            reward = torch.where(running, reward, torch.zeros_like(reward))
+            self.last_val = val
+            obs = self.tracker.observe(lr, beta1, clip, self.progress(), val)
+            grad_norm = grad_norms.clamp_min(1e-30).log().mean(1).exp()
+            self.running = running & ~diverged & ~truncated
+        return Transition(
+            obs=obs,
+            reward=reward.to(torch.float32),
+            terminated=diverged,
+            truncated=truncated,
+            train_loss=train_loss,
+            val_loss=val,
+            grad_norm=grad_norm,
+            grad_norms=grad_norms,
+            grad_update_dot=update_dot,
+            hparams=self.hparams,
+        )
+
+    # -------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, split: str = "val") -> torch.Tensor:
+        """`[N]` mean loss of every run on its `val` or `test` data."""
+        return self._loss_fn(
+            self.params, self.data[f"x_{split}"], self.data[f"y_{split}"]
+        )
+
+    @torch.no_grad()
+    def accuracy(self, split: str = "test") -> torch.Tensor | None:
+        """`[N]` accuracy on `split` for classification families, else None."""
+        if self.accuracy_fn is None:
+            return None
+        outputs = self._outputs_fn(self.params, self.data[f"x_{split}"])
+        return vmap(self.accuracy_fn)(outputs, self.data[f"y_{split}"])
+
+    def run_info(self, transition: Transition, run: int) -> dict[str, object]:
+        """The `info` dict of one run after a decision.
+
+        The same keys at every step, plus `final_val_loss` and `diverged` when the
+        run ended.
+        """
+        info: dict[str, object] = {
+            "train_loss": float(transition.train_loss[run]),
+            "val_loss": float(transition.val_loss[run]),
+            "grad_norm": float(transition.grad_norm[run]),
+            "lr": float(transition.hparams.lr[run]),
+            "beta1": float(transition.hparams.beta1[run]),
+            "clip": float(transition.hparams.clip[run]),
+            "task": self.families[run],
+        }
+        if bool(transition.terminated[run] | transition.truncated[run]):
+            info["final_val_loss"] = info["val_loss"]
+            info["diverged"] = bool(transition.terminated[run])
+        return info

@@ -1,0 +1,107 @@
+"""Settings shared by the engine and both env views, as plain YAML-expressible values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from hyperpilot.envs.actions import ACTION_MODES, HPARAM_NAMES, validate_controlled
+from hyperpilot.envs.episodes import InitRanges
+from hyperpilot.envs.reward import RewardConfig
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class EnvSettings:
+    """How inner runs are controlled, observed and rewarded.
+
+    Attributes:
+        decision_interval: K, inner steps between two decisions.
+        reward: The reward definition.
+        action_mode: `compound` (deltas accumulate) or `residual` (deltas act on a
+            warmup + cosine base schedule).
+        controlled: Hyperparameters the action moves, a subset of (lr, beta1, clip).
+        init: Ranges of the initial hyperparameters.
+        val_drop_prob: Share of episodes whose observation hides validation.
+        divergence_factor: A run diverges when its loss exceeds this times its first.
+        device: `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
+        dtype: `float32` or `float64` for the inner runs.
+        beta2: Adam's beta2 (fixed).
+        eps: Adam's eps (fixed).
+    """
+
+    decision_interval: int = 10
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    action_mode: str = "compound"
+    controlled: tuple[str, ...] = HPARAM_NAMES
+    init: InitRanges = field(default_factory=InitRanges)
+    val_drop_prob: float = 0.0
+    divergence_factor: float = 100.0
+    device: str = "auto"
+    dtype: str = "float32"
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if self.decision_interval < 1:
+            raise ValueError(
+                f"decision_interval must be >= 1, got {self.decision_interval}"
+            )
+        if self.action_mode not in ACTION_MODES:
+            raise ValueError(
+                f"action_mode {self.action_mode!r} is invalid; choose from {ACTION_MODES}"
+            )
+        object.__setattr__(self, "controlled", validate_controlled(self.controlled))
+        if not 0.0 <= self.val_drop_prob <= 1.0:
+            raise ValueError(
+                f"val_drop_prob must be in [0, 1], got {self.val_drop_prob}"
+            )
+        if self.divergence_factor <= 1.0:
+            raise ValueError(
+                f"divergence_factor must be > 1, got {self.divergence_factor}"
+            )
+        if self.dtype not in DTYPES:
+            raise ValueError(
+                f"dtype {self.dtype!r} is invalid; choose from {list(DTYPES)}"
+            )
+        resolve_device(self.device)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> EnvSettings:
+        """Builds settings from plain values, e.g. `reward={"kind": "train_loss"}`."""
+        if isinstance(kwargs.get("reward"), dict):
+            kwargs["reward"] = RewardConfig(**kwargs["reward"])
+        elif isinstance(kwargs.get("reward"), str):
+            kwargs["reward"] = RewardConfig(kind=kwargs["reward"])
+        if isinstance(kwargs.get("init"), dict):
+            kwargs["init"] = InitRanges(
+                **{k: tuple(v) for k, v in kwargs["init"].items()}
+            )
+        if "controlled" in kwargs:
+            kwargs["controlled"] = tuple(kwargs["controlled"])
+        return cls(**kwargs)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The inner runs' dtype."""
+        return DTYPES[self.dtype]
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` becomes `cuda` when a GPU is there, else `cpu`; others are checked."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise ValueError(
+            f"device {device!r} is invalid; use auto, cpu or cuda[:N]"
+        ) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but no CUDA GPU is available")
+    if resolved.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is invalid; use auto, cpu or cuda[:N]")
+    return resolved

@@ -1,0 +1,21 @@
+"""Inner training problems: task families, their registry and the task splits."""
+
+# Importing a family module registers its families.
+from hyperpilot.envs.tasks import (  # noqa: F401
+    blobs,
+    digits,
+    quadratic,
+    sequences,
+    tabular,
+    teacher,
+)
+from hyperpilot.envs.tasks.base import TaskFamily, TaskInstance
+from hyperpilot.envs.tasks.registry import family_names, make_family, register_family
+
+__all__ = [
+    "TaskFamily",
+    "TaskInstance",
+    "family_names",
+    "make_family",
+    "register_family",
+]

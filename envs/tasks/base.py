@@ -1,0 +1,187 @@
+"""Task instances (one concrete inner problem) and task families (seeded samplers of them)."""
+
+from __future__ import annotations
+
+import abc
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""`loss(output, target) -> scalar mean over the batch`; must be `torch.func.vmap`-able."""
+
+Range = float | int | Sequence[float]
+"""A free knob: a fixed value, or `[low, high]` drawn per instance."""
+
+
+@dataclass(frozen=True)
+class TaskInstance:
+    """One concrete inner training problem.
+
+    Attributes:
+        family: Name of the family that drew it.
+        model: An ordinary `torch.nn.Module` on the CPU, already initialized.
+            It has parameters only (no buffers), so runs can be stacked.
+        x_train: Training inputs `[n_train, ...]`; feeds the inner steps.
+        y_train: Training targets `[n_train, ...]`.
+        x_val: Validation inputs; feed the observation and the reward.
+        y_val: Validation targets.
+        x_test: Test inputs; used only by evaluation.
+        y_test: Test targets.
+        loss: `loss(output, target)`, the mean over the batch.
+        batch_size: Minibatch size of an inner step.
+        horizon: Inner steps in one training run.
+        data_seed: Seeds the run's minibatch order.
+        accuracy: Optional `accuracy(output, target)` for classification tasks.
+        knobs: The free knobs drawn for this instance (for logs and reports).
+    """
+
+    family: str
+    model: nn.Module
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    loss: LossFn
+    batch_size: int
+    horizon: int
+    data_seed: int
+    accuracy: LossFn | None = None
+    knobs: dict[str, Any] = field(default_factory=dict)
+
+
+class TaskFamily(abc.ABC):
+    """A named, seeded generator of task instances.
+
+    Subclasses take their knobs as constructor kwargs. *Shape knobs* (width, depth,
+    batch size, data sizes) fix every tensor shape and are returned by `shape_key`;
+    *free knobs* (data subset, label noise, init scale, horizon) accept a value or a
+    `[low, high]` range and are drawn per instance in `sample`.
+    """
+
+    name: ClassVar[str] = ""
+
+    @property
+    @abc.abstractmethod
+    def shape_key(self) -> tuple[Any, ...]:
+        """The shape knobs: instances with equal keys can share one engine bucket."""
+
+    @abc.abstractmethod
+    def sample(self, rng: np.random.Generator) -> TaskInstance:
+        """Draws one instance; all randomness comes from `rng`."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, shape={self.shape_key})"
+
+
+def draw(rng: np.random.Generator, spec: Range, *, log: bool = False) -> float:
+    """Draws a free knob: `spec` itself, or uniform (log-uniform) in `[low, high]`."""
+    if isinstance(spec, int | float):
+        return float(spec)
+    low, high = (float(v) for v in spec)
+    if low > high:
+        raise ValueError(f"range [{low}, {high}] has low > high")
+    if log:
+        if low <= 0:
+            raise ValueError(f"log-uniform range [{low}, {high}] must be positive")
+        return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+    return float(rng.uniform(low, high))
+
+
+def draw_int(rng: np.random.Generator, spec: Range) -> int:
+    """Draws an integer knob: `spec` itself, or uniform in `[low, high]` inclusive."""
+    if isinstance(spec, int | float):
+        return int(spec)
+    low, high = (int(v) for v in spec)
+    return int(rng.integers(low, high + 1))
+
+
+def torch_generator(rng: np.random.Generator) -> torch.Generator:
+    """A CPU `torch.Generator` seeded from `rng` (never the global torch RNG)."""
+    return torch.Generator().manual_seed(int(rng.integers(2**62)))
+
+
+def build_model(
+    factory: Callable[[], nn.Module],
+    generator: torch.Generator,
+    init_scale: float = 1.0,
+) -> nn.Module:
+    """Builds `factory()` and initializes it from `generator`, leaving global RNG alone.
+
+    The module is constructed on the meta device (no random draws), then every
+    module's `weight` and `bias` are drawn uniform in `+-init_scale / sqrt(fan_in)`,
+    PyTorch's default scale for linear and convolution layers.
+    """
+    with torch.device("meta"):
+        model = factory()
+    model = model.to_empty(device="cpu")
+    if any(True for _ in model.buffers()):
+        raise ValueError("task models must have parameters only (no buffers)")
+    with torch.no_grad():
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if not isinstance(weight, nn.Parameter):
+                continue
+            bound = init_scale / float(np.sqrt(weight[0].numel()))
+            weight.uniform_(-bound, bound, generator=generator)
+            bias = getattr(module, "bias", None)
+            if isinstance(bias, nn.Parameter):
+                bias.uniform_(-bound, bound, generator=generator)
+    return model
+
+
+def split_rows(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    sizes: tuple[int, int, int],
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, ...]:
+    """Shuffles rows and cuts them into train / val / test of exactly `sizes` rows."""
+    needed = sum(sizes)
+    if needed > len(x):
+        raise ValueError(f"need {needed} rows for train/val/test, data has {len(x)}")
+    order = torch.randperm(len(x), generator=generator)[:needed]
+    x, y = x[order], y[order]
+    n_train, n_val, _ = sizes
+    cuts = (0, n_train, n_train + n_val, needed)
+    return tuple(t[a:b] for a, b in itertools.pairwise(cuts) for t in (x, y))
+
+
+def flip_labels(
+    y: torch.Tensor, noise: float, n_classes: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Replaces a `noise` share of integer labels by uniformly drawn classes."""
+    if noise <= 0:
+        return y
+    flip = torch.rand(y.shape, generator=generator) < noise
+    random_labels = torch.randint(n_classes, y.shape, generator=generator)
+    return torch.where(flip, random_labels, y)
+
+
+def standardize(train: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Scales features to zero mean, unit variance using the training rows' statistics."""
+    mean = train.mean(0, keepdim=True)
+    std = train.std(0, keepdim=True).clamp_min(1e-6)
+    return tuple((t - mean) / std for t in (train, *others))
+
+
+def cross_entropy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits against integer class targets."""
+    return nn.functional.cross_entropy(output, target)
+
+
+def mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error."""
+    return nn.functional.mse_loss(output, target)
+
+
+def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Share of rows whose arg-max logit equals the integer target."""
+    return (output.argmax(-1) == target).to(output.dtype).mean()

@@ -1,0 +1,201 @@
+"""`mlp_digits` and `cnn_digits`: scikit-learn's bundled 8x8 handwritten digits."""
+
+from __future__ import annotations
+
+import abc
+import functools
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hyperpilot.envs.tasks.base import (
+    Range,
+    TaskFamily,
+    TaskInstance,
+    accuracy,
+    build_model,
+    cross_entropy,
+    draw,
+    draw_int,
+    flip_labels,
+    split_rows,
+    torch_generator,
+)
+from hyperpilot.envs.tasks.blobs import mlp
+from hyperpilot.envs.tasks.registry import register_family
+
+N_CLASSES = 10
+
+
+@functools.lru_cache(maxsize=1)
+def load_digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 1797 digits as pixels / 16 in `[0, 1]`, `[1797, 64]`, and labels `[1797]`.
+
+    Read once from the copy shipped inside scikit-learn (no download); callers must
+    not modify the returned tensors.
+    """
+    from sklearn.datasets import load_digits as sklearn_load_digits
+
+    data = sklearn_load_digits()
+    x = torch.from_numpy(data.data.astype(np.float32) / 16.0)
+    y = torch.from_numpy(data.target.astype(np.int64))
+    return x, y
+
+
+class _DigitsFamily(TaskFamily):
+    """Shared sampling for the digits families; subclasses supply the model."""
+
+    SIZES = (1024, 256, 256)
+
+    def __init__(
+        self,
+        batch_size: int,
+        label_noise: Range,
+        init_scale: Range,
+        horizon: Range,
+    ) -> None:
+        self.batch_size = int(batch_size)
+        self.label_noise = label_noise
+        self.init_scale = init_scale
+        self.horizon = horizon
+
+    @abc.abstractmethod
+    def _model(self) -> nn.Module:
+        """The uninitialized model; `build_model` draws its weights."""
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def sample(self, rng: np.random.Generator) -> TaskInstance:
+        """Draws the row subset and order, label flips and the initial weights."""
+        knobs = {
+            "label_noise": draw(rng, self.label_noise),
+            "init_scale": draw(rng, self.init_scale),
+            "horizon": draw_int(rng, self.horizon),
+        }
+        generator = torch_generator(rng)
+        x, y = load_digits()
+        x_train, y_train, x_val, y_val, x_test, y_test = split_rows(
+            self._inputs(x), y, self.SIZES, generator
+        )
+        # Only the training labels are corrupted: validation and test measure how
+        # well the true digits were learned, so fitting the noise shows up there.
+        y_train = flip_labels(y_train, knobs["label_noise"], N_CLASSES, generator)
+        model = build_model(self._model, generator, knobs["init_scale"])
+        return TaskInstance(
+            family=self.name,
+            model=model,
+            x_train=x_train,
+            y_train=y_train,
+            x_val=x_val,
+            y_val=y_val,
+            x_test=x_test,
+            y_test=y_test,
+            loss=cross_entropy,
+            batch_size=self.batch_size,
+            horizon=knobs["horizon"],
+            data_seed=int(rng.integers(2**62)),
+            accuracy=accuracy,
+            knobs=knobs,
+        )
+
+
+@register_family("mlp_digits")
+class MLPDigits(_DigitsFamily):
+    """A ReLU MLP on the flattened 8x8 digits (64 pixels / 16), 10 classes.
+
+    Each instance draws its own 1024 / 256 / 256 train / val / test rows out of the
+    1797 digits.
+
+    Args:
+        width: Units per hidden layer (shape knob).
+        depth: Hidden layers (shape knob).
+        batch_size: Rows per inner step (shape knob).
+        label_noise: Share of training labels replaced by random classes (free).
+        init_scale: Multiplier on the default initialization bound (free).
+        horizon: Inner steps per run (free).
+    """
+
+    def __init__(
+        self,
+        width: int = 64,
+        depth: int = 2,
+        batch_size: int = 128,
+        label_noise: Range = 0.0,
+        init_scale: Range = 1.0,
+        horizon: Range = 200,
+    ) -> None:
+        super().__init__(batch_size, label_noise, init_scale, horizon)
+        self.width = int(width)
+        self.depth = int(depth)
+
+    @property
+    def shape_key(self) -> tuple[Any, ...]:
+        """Width, depth, batch size and data sizes."""
+        return (self.width, self.depth, self.batch_size, self.SIZES)
+
+    def _model(self) -> nn.Module:
+        return mlp(64, self.width, self.depth, N_CLASSES)
+
+
+class _SmallCNN(nn.Module):
+    """conv 3x3 stride 2 -> ReLU -> conv 3x3 -> ReLU -> flatten -> linear.
+
+    The strided first convolution works on 4x4 maps from the start: under `vmap`
+    over 64 stacked runs on one CPU thread, full-size 8x8 activations (pooled after
+    the first convolution) made a step about three times slower. Flattening keeps
+    where a stroke is, which a global mean would lose.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, channels, 3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.head = nn.Linear(channels * 4 * 4, N_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv1(x))
+        h = torch.relu(self.conv2(h))
+        return self.head(h.flatten(-3))
+
+
+@register_family("cnn_digits")
+class CNNDigits(_DigitsFamily):
+    """A two-layer CNN on the digits as `[1, 8, 8]` images (pixels / 16), 10 classes.
+
+    Layers: conv 3x3 stride 2, ReLU, conv 3x3, ReLU, flatten, linear.
+
+    Each instance draws its own 1024 / 256 / 256 train / val / test rows out of the
+    1797 digits.
+
+    Args:
+        channels: Channels of both convolutions (shape knob).
+        batch_size: Rows per inner step (shape knob).
+        label_noise: Share of training labels replaced by random classes (free).
+        init_scale: Multiplier on the default initialization bound (free).
+        horizon: Inner steps per run (free).
+    """
+
+    def __init__(
+        self,
+        channels: int = 8,
+        batch_size: int = 64,
+        label_noise: Range = 0.0,
+        init_scale: Range = 1.0,
+        horizon: Range = 200,
+    ) -> None:
+        super().__init__(batch_size, label_noise, init_scale, horizon)
+        self.channels = int(channels)
+
+    @property
+    def shape_key(self) -> tuple[Any, ...]:
+        """Channels, batch size and data sizes."""
+        return (self.channels, self.batch_size, self.SIZES)
+
+    def _model(self) -> nn.Module:
+        return _SmallCNN(self.channels)
+
+    def _inputs(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(-1, 1, 8, 8)

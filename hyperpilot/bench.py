@@ -1,0 +1,214 @@
+"""Benchmarks: `hyperpilot bench throughput` measures the engine against its alternatives."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+BENCHMARKS_MD = Path("docs/BENCHMARKS.md")
+# The inner problem of the throughput table: an MLP 64-128-10 on digits, batch 128.
+FAMILY = "mlp_digits"
+FAMILY_KWARGS = {"width": 128, "depth": 1, "batch_size": 128, "horizon": 10_000}
+
+
+def _timed(fn: Callable[[], None], min_seconds: float, min_calls: int = 2) -> float:
+    """Seconds per call of `fn`, after one warm-up call."""
+    fn()
+    calls, start = 0, time.perf_counter()
+    while calls < min_calls or time.perf_counter() - start < min_seconds:
+        fn()
+        calls += 1
+    return (time.perf_counter() - start) / calls
+
+
+def raw_batched_loop(n: int, k: int) -> Callable[[], None]:
+    """A hand-written stacked MLP + torch.optim.Adam: K steps and a validation pass.
+
+    This is the floor the env is compared against: the same math with no features,
+    no per-run hyperparameters and no env plumbing.
+    """
+    from hyperpilot.envs.tasks import make_family
+
+    instance = make_family(FAMILY, **FAMILY_KWARGS).sample(np.random.default_rng(0))
+    x, y = instance.x_train, instance.y_train
+    x_val = instance.x_val
+    generator = torch.Generator().manual_seed(0)
+    d, h, c = x.shape[1], FAMILY_KWARGS["width"], 10
+    w1 = (torch.randn(n, d, h, generator=generator) / d**0.5).requires_grad_()
+    b1 = torch.zeros(n, 1, h, requires_grad=True)
+    w2 = (torch.randn(n, h, c, generator=generator) / h**0.5).requires_grad_()
+    b2 = torch.zeros(n, 1, c, requires_grad=True)
+    optimizer = torch.optim.Adam([w1, b1, w2, b2], lr=1e-3)
+    batch = FAMILY_KWARGS["batch_size"]
+
+    def forward(inputs: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(torch.relu(torch.bmm(inputs, w1) + b1), w2) + b2
+
+    def window() -> None:
+        for _ in range(k):
+            index = torch.randint(len(x), (n, batch), generator=generator)
+            logits = forward(x[index])
+            loss = (
+                torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, c), y[index].reshape(-1), reduction="sum"
+                )
+                / batch
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            forward(x_val.expand(n, -1, -1))
+
+    return window
+
+
+def _env_step(venv, n: int, k_dim: int) -> Callable[[], None]:
+    venv.seed(0)
+    venv.reset()
+    actions = np.zeros((n, k_dim), np.float32)
+    return lambda: venv.step(actions)
+
+
+def throughput(argv: Sequence[str] | None = None) -> int:
+    """Inner steps/s of the raw loop, a DummyVecEnv of single envs, and the batched env."""
+    parser = argparse.ArgumentParser(
+        prog="hyperpilot bench throughput",
+        description="Measure inner steps/s on an MLP 64-128-10 on digits (batch 128, "
+        "K=10): a raw batched loop, a DummyVecEnv of N InnerTrainingEnv, and "
+        "BatchedTrainingVecEnv; plus the share of PPO's wall time spent in the env.",
+    )
+    parser.add_argument("--n", default="1,8,64,256", help="comma-separated run counts")
+    parser.add_argument(
+        "--seconds", type=float, default=3.0, help="time per measurement"
+    )
+    parser.add_argument(
+        "--dummy-max-n",
+        type=int,
+        default=64,
+        help="largest N for the (slow) DummyVecEnv arm",
+    )
+    parser.add_argument(
+        "--ppo-timesteps",
+        type=int,
+        default=4096,
+        help="PPO timesteps for the wall-time share (0 skips it)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=BENCHMARKS_MD,
+        help="markdown file the table is appended to",
+    )
+    parser.add_argument("--device", default="cpu", help="device of the inner runs")
+    args = parser.parse_args(argv)
+
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from hyperpilot.cli import configure_process
+    from hyperpilot.envs import BatchedTrainingVecEnv, InnerTrainingEnv
+
+    configure_process()
+    k = 10
+    settings = {"device": args.device, "decision_interval": k}
+    rows = []
+    for n in (int(v) for v in args.n.split(",")):
+        raw = _timed(raw_batched_loop(n, k), args.seconds)
+        batched_env = BatchedTrainingVecEnv(
+            family=FAMILY, family_kwargs=FAMILY_KWARGS, n=n, **settings
+        )
+        batched = _timed(_env_step(batched_env, n, 3), args.seconds)
+        dummy = None
+        if n <= args.dummy_max_n:
+            dummy_env = DummyVecEnv(
+                [lambda: InnerTrainingEnv(FAMILY, FAMILY_KWARGS, **settings)] * n
+            )
+            dummy = _timed(_env_step(dummy_env, n, 3), args.seconds)
+        rows.append((n, raw, dummy, batched))
+        print(_format_row(n, k, raw, dummy, batched), flush=True)
+
+    ppo_line = ""
+    if args.ppo_timesteps:
+        share, fps = ppo_env_share(args.ppo_timesteps, settings)
+        ppo_line = (
+            f"\nUnder PPO (N=64, n_steps=16, batch_size=256): the env took "
+            f"{share:.0%} of wall time ({fps:.0f} transitions/s).\n"
+        )
+        print(ppo_line.strip())
+    command = "hyperpilot bench throughput " + " ".join(map(shlex.quote, argv or []))
+    _append_markdown(args.out, command.strip(), rows, k, ppo_line, args.device)
+    print(f"appended to {args.out}")
+    return 0
+
+
+def ppo_env_share(timesteps: int, settings: dict) -> tuple[float, float]:
+    """Share of PPO's wall time spent inside the VecEnv's step, and transitions/s."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import VecEnvWrapper
+
+    from hyperpilot.envs import BatchedTrainingVecEnv
+
+    class Timed(VecEnvWrapper):
+        seconds = 0.0
+
+        def reset(self):
+            return self.venv.reset()
+
+        def step_wait(self):
+            start = time.perf_counter()
+            result = self.venv.step_wait()
+            Timed.seconds += time.perf_counter() - start
+            return result
+
+    venv = Timed(
+        BatchedTrainingVecEnv(
+            family=FAMILY, family_kwargs=FAMILY_KWARGS, n=64, **settings
+        )
+    )
+    model = PPO("MlpPolicy", venv, n_steps=16, batch_size=256, n_epochs=4, seed=0)
+    start = time.perf_counter()
+    model.learn(total_timesteps=timesteps)
+    wall = time.perf_counter() - start
+    return Timed.seconds / wall, model.num_timesteps / wall
+
+
+def _format_row(n: int, k: int, raw: float, dummy: float | None, batched: float) -> str:
+    steps = n * k
+
+    def rate(seconds: float | None) -> str:
+        return "-" if seconds is None else f"{steps / seconds:,.0f}"
+
+    speedup = "-" if dummy is None else f"{dummy / batched:.2f}x"
+    overhead = f"{batched / raw - 1:+.0%}"
+    return (
+        f"| {n} | {rate(raw)} | {rate(dummy)} | {rate(batched)} | "
+        f"{n / batched:,.0f} | {speedup} | {overhead} |"
+    )
+
+
+def _append_markdown(
+    path: Path, command: str, rows: list, k: int, ppo_line: str, device: str
+) -> None:
+    header = (
+        f"\n## Throughput, {datetime.date.today().isoformat()}\n\n"
+        f"- command: `{command}`\n"
+        f"- machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), "
+        f"{platform.processor() or 'cpu'}, device {device}, torch {torch.__version__}, "
+        "uncompiled\n"
+        f"- problem: {FAMILY} {FAMILY_KWARGS}, K={k}\n\n"
+        "| N | raw loop inner steps/s | DummyVecEnv inner steps/s | "
+        "BatchedTrainingVecEnv inner steps/s | transitions/s | batched vs Dummy | "
+        "env overhead vs raw |\n|---|---|---|---|---|---|---|\n"
+    )
+    body = "\n".join(_format_row(n, k, raw, dummy, b) for n, raw, dummy, b in rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.write(header + body + "\n" + ppo_line)

@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+import torch
+
+from hyperpilot.envs.actions import Hyperparams
+from hyperpilot.envs.engine import BatchedEngine
+from hyperpilot.envs.episodes import Episode, InitRanges, draw_episode
+from hyperpilot.envs.features import N_FEATURES, OBS_HIGH, OBS_LOW
+from hyperpilot.envs.settings import EnvSettings
+from hyperpilot.envs.tasks import make_family
+
+CPU = EnvSettings(device="cpu")
+
+
+def episodes(family, n, seed=0, **kwargs):
+    fam = make_family(family, **kwargs)
+    rng = np.random.default_rng(seed)
+    return [Episode(fam.sample(rng), 1e-3, 0.9, 1.0, True) for _ in range(n)]
+
+
+def run_to_end(engine, lrs):
+    transitions = []
+    while engine.running.any():
+        hparams = Hyperparams(
+            torch.tensor(lrs), engine.hparams.beta1, engine.hparams.clip
+        )
+        transitions.append(engine.advance(hparams))
+    return transitions
+
+
+def test_a_diverging_run_ends_alone_and_the_others_are_unaffected():
+    eps = episodes("mlp_teacher", 4, horizon=100)
+    mixed = BatchedEngine(4, CPU)
+    mixed.start(range(4), eps)
+    transitions = run_to_end(mixed, [1.0, 1e-3, 1.0, 3e-3])
+    diverged = torch.stack([t.terminated for t in transitions]).any(0)
+    assert diverged.tolist() == [True, False, True, False]
+    # diverged runs ended early with a penalty, the others ran the whole horizon
+    assert len(transitions) == 10
+    assert (mixed.step_count[[1, 3]] == 100).all()
+    assert (mixed.step_count[[0, 2]] < 100).all()
+    # the healthy runs match the same runs trained without the diverging ones
+    alone = BatchedEngine(2, CPU)
+    alone.start(range(2), [eps[1], eps[3]])
+    run_to_end(alone, [1e-3, 3e-3])
+    for name, value in alone.params.items():
+        torch.testing.assert_close(mixed.params[name][[1, 3]], value)
+    first_penalty = next(t.reward for t in transitions if t.terminated.any())
+    assert (first_penalty[[0, 2]] < -1.0).all()
+
+
+def test_observations_stay_in_their_box_and_rewards_are_finite():
+    eps = [
+        draw_episode(
+            make_family("quadratic_2d"), np.random.default_rng(s), InitRanges()
+        )
+        for s in range(6)
+    ]
+    engine = BatchedEngine(6, CPU)
+    obs = engine.start(range(6), eps)
+    low, high = torch.tensor(OBS_LOW), torch.tensor(OBS_HIGH)
+    generator = torch.Generator().manual_seed(0)
+    while engine.running.any():
+        assert obs.shape[1] == N_FEATURES
+        assert ((obs >= low) & (obs <= high)).all()
+        t = engine.act(torch.rand(6, 3, generator=generator) * 2 - 1)
+        obs = t.obs
+        assert torch.isfinite(t.reward).all()
+
+
+def test_engine_leaves_the_global_rng_alone():
+    state = torch.random.get_rng_state()
+    engine = BatchedEngine(2, CPU)
+    engine.start(range(2), episodes("mlp_digits", 2, horizon=20))
+    run_to_end(engine, [1e-3, 1e-2])
+    assert torch.equal(state, torch.random.get_rng_state())
+
+
+def test_raw_signals_for_controllers():
+    engine = BatchedEngine(2, CPU)
+    engine.start(range(2), episodes("quadratic_2d", 2))
+    t = engine.act(torch.zeros(2, 3))
+    assert t.grad_norms.shape == (2, CPU.decision_interval)
+    assert (t.grad_norms > 0).all()
+    assert torch.isfinite(t.grad_update_dot).all()
+    assert torch.isfinite(t.val_loss).all() and torch.isfinite(t.train_loss).all()
+    assert engine.step_count.tolist() == [10, 10]
+
+
+def test_instances_of_other_shapes_are_refused():
+    engine = BatchedEngine(1, CPU)
+    engine.start([0], episodes("mlp_digits", 1))
+    with pytest.raises(ValueError, match="shape"):
+        engine.start([0], episodes("mlp_digits", 1, width=32))
+
+
+def test_accuracy_for_classification():
+    engine = BatchedEngine(2, CPU)
+    engine.start(range(2), episodes("mlp_digits", 2))
+    accuracy = engine.accuracy("test")
+    assert accuracy.shape == (2,) and ((accuracy >= 0) & (accuracy <= 1)).all()

@@ -1,0 +1,371 @@
+"""Task families, the registry and the task splits."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+
+from hyperpilot.envs.tasks import (
+    TaskFamily,
+    TaskInstance,
+    family_names,
+    make_family,
+    register_family,
+    registry,
+)
+from hyperpilot.envs.tasks.splits import available_splits, load_split
+
+FAMILIES = family_names()
+DATA_FIELDS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+SHIPPED_SPLITS = ("train", "val", "heldout", "smoke")
+
+
+def sample(name: str, seed: int = 7, **kwargs) -> TaskInstance:
+    return make_family(name, **kwargs).sample(np.random.default_rng(seed))
+
+
+def minibatch(instance: TaskInstance) -> tuple[torch.Tensor, torch.Tensor]:
+    return (
+        instance.x_train[: instance.batch_size],
+        instance.y_train[: instance.batch_size],
+    )
+
+
+def parameters(instance: TaskInstance) -> dict[str, torch.Tensor]:
+    return {k: v.detach() for k, v in instance.model.named_parameters()}
+
+
+def free_knobs(name: str) -> list[str]:
+    """The knobs of the family's constructor that `sample` draws into `knobs`."""
+    family = make_family(name)
+    params = inspect.signature(type(family)).parameters
+    return [k for k in params if k in sample(name).knobs]
+
+
+# --- every family -------------------------------------------------------------
+
+
+def test_all_families_are_registered():
+    expected = {
+        "quadratic_2d",
+        "logreg_blobs",
+        "mlp_blobs",
+        "multitask_blobs",
+        "mlp_teacher",
+        "mlp_digits",
+        "cnn_digits",
+        "gru_sequences",
+        "attention_sequences",
+        "mlp_wine",
+        "logreg_breast_cancer",
+    }
+    assert expected <= set(FAMILIES)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_forward_and_backward_are_finite(name):
+    family = make_family(name)
+    assert isinstance(family, TaskFamily)
+    instance = family.sample(np.random.default_rng(0))
+    assert instance.family == name
+    x, y = minibatch(instance)
+    loss = instance.loss(instance.model(x), y)
+    assert loss.ndim == 0
+    assert torch.isfinite(loss)
+    loss.backward()
+    for param_name, param in instance.model.named_parameters():
+        assert param.grad is not None, param_name
+        assert torch.isfinite(param.grad).all(), param_name
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_instance_contract(name):
+    instance = sample(name)
+    assert not list(instance.model.buffers())
+    for field in DATA_FIELDS:
+        tensor = getattr(instance, field)
+        if field.startswith("x"):
+            assert tensor.dtype == torch.float32, field
+        else:
+            assert tensor.dtype in (torch.float32, torch.int64), field
+        assert torch.isfinite(tensor.to(torch.float32)).all(), field
+    assert len(instance.x_train) == len(instance.y_train)
+    assert len(instance.x_val) == len(instance.y_val)
+    assert len(instance.x_test) == len(instance.y_test)
+    assert 0 < instance.batch_size <= len(instance.x_train)
+    assert instance.horizon > 0
+    assert 0 <= instance.data_seed < 2**62
+    if instance.accuracy is not None:
+        with torch.no_grad():
+            share = instance.accuracy(instance.model(instance.x_val), instance.y_val)
+        assert 0.0 <= float(share) <= 1.0
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_shapes_are_fixed_by_the_shape_knobs(name):
+    first, second = sample(name, seed=1), sample(name, seed=2)
+    for field in DATA_FIELDS:
+        a, b = getattr(first, field), getattr(second, field)
+        assert a.shape == b.shape, field
+        assert a.dtype == b.dtype, field
+    assert first.batch_size == second.batch_size
+    shapes = {k: v.shape for k, v in parameters(first).items()}
+    assert shapes == {k: v.shape for k, v in parameters(second).items()}
+    key = make_family(name).shape_key
+    assert key == make_family(name).shape_key
+    hash(key)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_same_seed_gives_the_same_instance(name):
+    first, second = sample(name, seed=7), sample(name, seed=7)
+    for field in DATA_FIELDS:
+        assert torch.equal(getattr(first, field), getattr(second, field)), field
+    params = parameters(second)
+    for param_name, value in parameters(first).items():
+        assert torch.equal(value, params[param_name]), param_name
+    assert first.knobs == second.knobs
+    assert first.horizon == second.horizon
+    assert first.data_seed == second.data_seed
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_different_seeds_give_different_instances(name):
+    first, second = sample(name, seed=1), sample(name, seed=2)
+    same_data = all(
+        torch.equal(getattr(first, f), getattr(second, f)) for f in DATA_FIELDS
+    )
+    params = parameters(second)
+    same_params = all(torch.equal(v, params[k]) for k, v in parameters(first).items())
+    assert not (same_data and same_params)
+    assert first.data_seed != second.data_seed
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_sampling_leaves_global_rngs_alone(name):
+    family = make_family(name)
+    torch_state = torch.random.get_rng_state()
+    numpy_state = np.random.get_state()[1].copy()
+    python_state = random.getstate()
+    family.sample(np.random.default_rng(3))
+    assert torch.equal(torch.random.get_rng_state(), torch_state)
+    assert np.array_equal(np.random.get_state()[1], numpy_state)
+    assert random.getstate() == python_state
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_val_and_test_data_differ_from_train(name):
+    instance = sample(name)
+    for split in ("val", "test"):
+        x = getattr(instance, f"x_{split}")
+        assert not torch.equal(x, instance.x_train[: len(x)]), split
+    n = min(len(instance.x_val), len(instance.x_test))
+    assert not torch.equal(instance.x_val[:n], instance.x_test[:n])
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_stacked_vmap_matches_the_plain_model(name):
+    """The engine's batched gradient equals each instance's own autograd gradient."""
+    instances = [sample(name, seed=s) for s in (11, 12)]
+    base = copy.deepcopy(instances[0].model).to("meta")
+    loss_fn = instances[0].loss
+
+    def loss_of(params, x, y):
+        return loss_fn(functional_call(base, params, (x,)), y)
+
+    params, buffers = stack_module_state([i.model for i in instances])
+    assert not buffers
+    batches = [minibatch(i) for i in instances]
+    x = torch.stack([b[0] for b in batches])
+    y = torch.stack([b[1] for b in batches])
+    grads, losses = vmap(grad_and_value(loss_of))(params, x, y)
+
+    for index, instance in enumerate(instances):
+        model = instance.model
+        model.zero_grad()
+        loss = instance.loss(model(batches[index][0]), batches[index][1])
+        loss.backward()
+        torch.testing.assert_close(losses[index], loss.detach())
+        for param_name, param in model.named_parameters():
+            torch.testing.assert_close(
+                grads[param_name][index], param.grad, rtol=1e-4, atol=1e-6
+            )
+
+
+# --- free knobs ---------------------------------------------------------------
+
+RANGES = {
+    "horizon": [150, 160],
+    "signal": [2, 4],
+    "init_scale": [0.5, 1.5],
+    "label_noise": [0.1, 0.3],
+    "noise": [0.1, 0.3],
+    "separation": [1.5, 2.5],
+    "condition": [2.0, 4.0],
+}
+FIXED = {
+    "horizon": 123,
+    "signal": 3,
+    "init_scale": 0.75,
+    "label_noise": 0.2,
+    "noise": 0.25,
+    "separation": 2.25,
+    "condition": 3.0,
+}
+KNOB_CASES = [
+    pytest.param(name, knob, id=f"{name}-{knob}")
+    for name in FAMILIES
+    for knob in free_knobs(name)
+]
+
+
+def test_every_free_knob_has_a_test_value():
+    assert {knob for case in KNOB_CASES for knob in case.values[1:]} <= set(RANGES)
+
+
+@pytest.mark.parametrize(("name", "knob"), KNOB_CASES)
+def test_free_knob_range_is_drawn_within(name, knob):
+    low, high = RANGES[knob]
+    drawn = {sample(name, seed=s, **{knob: [low, high]}).knobs[knob] for s in range(5)}
+    assert all(low <= value <= high for value in drawn)
+    assert len(drawn) > 1
+
+
+@pytest.mark.parametrize(("name", "knob"), KNOB_CASES)
+def test_free_knob_value_is_used_as_is(name, knob):
+    instance = sample(name, **{knob: FIXED[knob]})
+    assert instance.knobs[knob] == FIXED[knob]
+    if knob == "horizon":
+        assert instance.horizon == FIXED[knob]
+
+
+LABEL_NOISE_FAMILIES = [n for n in FAMILIES if "label_noise" in free_knobs(n)]
+
+
+@pytest.mark.parametrize("name", LABEL_NOISE_FAMILIES)
+def test_label_noise_corrupts_training_labels_only(name):
+    clean = sample(name, seed=5, label_noise=0.0)
+    noisy = sample(name, seed=5, label_noise=0.5)
+    assert torch.equal(clean.x_train, noisy.x_train)
+    assert not torch.equal(clean.y_train, noisy.y_train)
+    assert torch.equal(clean.y_val, noisy.y_val)
+    assert torch.equal(clean.y_test, noisy.y_test)
+
+
+# --- registry -----------------------------------------------------------------
+
+
+def test_unknown_family_suggests_a_close_match_and_lists_valid_names():
+    with pytest.raises(ValueError, match="mlp_digit") as error:
+        make_family("mlp_digit")
+    message = str(error.value)
+    assert "Did you mean 'mlp_digits'" in message
+    for name in FAMILIES:
+        assert name in message
+
+
+def test_unknown_knob_names_the_family():
+    with pytest.raises(ValueError, match="mlp_digits"):
+        make_family("mlp_digits", wdith=32)
+
+
+def test_duplicate_registration_raises(monkeypatch):
+    monkeypatch.setattr(registry, "_FAMILIES", dict(registry._FAMILIES))
+
+    @register_family("test_only_family")
+    class First(TaskFamily):
+        shape_key = ()
+
+        def sample(self, rng):
+            raise NotImplementedError
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_family("test_only_family")(First)
+    with pytest.raises(ValueError, match="already registered"):
+        register_family("mlp_digits")(First)
+
+
+def test_family_by_import_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    family = make_family("custom_family:CustomFamily", n_features=3)
+    assert family.shape_key == (3,)
+    assert family.name == "custom_family:CustomFamily"
+    instance = family.sample(np.random.default_rng(0))
+    assert instance.x_train.shape == (64, 3)
+    with pytest.raises(ValueError, match="custom_family:CustomFamily"):
+        make_family("custom_family:CustomFamily", width=3)
+
+
+@pytest.mark.parametrize(
+    "path", ["no_such_module_xyz:Family", "custom_family:NoSuchFamily"]
+)
+def test_bad_import_path_raises(monkeypatch, path):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    with pytest.raises(ValueError, match=r"cannot import|has no"):
+        make_family(path)
+
+
+# --- splits -------------------------------------------------------------------
+
+
+def test_shipped_splits_are_available():
+    assert set(SHIPPED_SPLITS) <= set(available_splits())
+
+
+@pytest.mark.parametrize("split", SHIPPED_SPLITS)
+def test_split_builds_and_samples_every_family(split):
+    specs = load_split(split)
+    assert specs
+    for index, spec in enumerate(specs):
+        family = spec.build()
+        instance = family.sample(np.random.default_rng(index))
+        x, y = minibatch(instance)
+        assert torch.isfinite(instance.loss(instance.model(x), y)), spec.label
+
+
+def test_heldout_entries_never_appear_in_train():
+    train = load_split("train")
+    heldout = load_split("heldout")
+    assert not [spec for spec in heldout if spec in train]
+    # Held-out architectures and data sets are absent from meta-training entirely.
+    train_families = {spec.family for spec in train}
+    for family in ("mlp_wine", "logreg_breast_cancer", "attention_sequences"):
+        assert family in {spec.family for spec in heldout}
+        assert family not in train_families
+
+
+def test_val_entries_differ_from_train():
+    train = load_split("train")
+    assert not [spec for spec in load_split("val") if spec in train]
+
+
+def test_missing_split_lists_the_shipped_ones():
+    with pytest.raises(ValueError, match="not found") as error:
+        load_split("no_such_split")
+    for name in SHIPPED_SPLITS:
+        assert name in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "families: 3\n",
+        "families: []\n",
+        "families:\n  - width: 32\n",
+        "- family: mlp_digits\n",
+    ],
+    ids=["empty", "not-a-list", "empty-list", "no-family-key", "top-level-list"],
+)
+def test_malformed_split_raises(tmp_path, text):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=r"bad\.yaml"):
+        load_split(path)

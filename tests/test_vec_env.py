@@ -1,0 +1,121 @@
+import numpy as np
+import pytest
+from stable_baselines3 import PPO
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor, VecNormalize
+
+from hyperpilot.envs import BatchedTrainingVecEnv, InnerTrainingEnv
+
+N = 4
+
+
+@pytest.mark.parametrize(
+    ("family", "settings"),
+    [
+        ("quadratic_2d", {}),
+        ("quadratic_2d", {"action_mode": "residual", "val_drop_prob": 0.5}),
+        (
+            "mlp_teacher",
+            {"family_kwargs": {"horizon": 30}, "init": {"lr": [1e-3, 1.0]}},
+        ),
+    ],
+    ids=["quadratic", "residual-val-drop", "teacher-with-divergence"],
+)
+def test_vec_env_matches_a_dummy_vec_env_of_single_envs(family, settings):
+    # float64, so that batching cannot flip a divergence decision by rounding
+    settings = {"dtype": "float64", **settings}
+    family_kwargs = settings.pop("family_kwargs", None)
+    batched = BatchedTrainingVecEnv(
+        family=family, family_kwargs=family_kwargs, n=N, device="cpu", **settings
+    )
+    reference = DummyVecEnv(
+        [
+            lambda: Monitor(
+                InnerTrainingEnv(
+                    family=family, family_kwargs=family_kwargs, device="cpu", **settings
+                )
+            )
+        ]
+        * N
+    )
+    batched.seed(11)
+    reference.seed(11)
+    np.testing.assert_allclose(batched.reset(), reference.reset(), rtol=1e-7, atol=1e-7)
+    rng = np.random.default_rng(0)
+    episodes_seen = 0
+    for _ in range(25):
+        actions = rng.uniform(-1, 1, (N, 3)).astype(np.float32)
+        obs, rewards, dones, infos = batched.step(actions)
+        ref_obs, ref_rewards, ref_dones, ref_infos = reference.step(actions)
+        np.testing.assert_allclose(obs, ref_obs, rtol=1e-7, atol=1e-7)
+        np.testing.assert_allclose(rewards, ref_rewards, rtol=1e-7, atol=1e-7)
+        np.testing.assert_array_equal(dones, ref_dones)
+        for info, ref in zip(infos, ref_infos):
+            assert info.keys() == ref.keys()
+            for key, value in ref.items():
+                if key == "terminal_observation":
+                    np.testing.assert_allclose(info[key], value, rtol=1e-7, atol=1e-7)
+                elif key == "episode":
+                    assert info[key]["l"] == value["l"]
+                    assert info[key]["r"] == pytest.approx(
+                        value["r"], rel=1e-7, abs=1e-7
+                    )
+                    episodes_seen += 1
+                elif isinstance(value, float):
+                    assert info[key] == pytest.approx(value, rel=1e-7, abs=1e-9)
+                else:
+                    assert info[key] == value, key
+    assert episodes_seen >= N
+
+
+def test_buckets_from_a_split_and_from_groups():
+    venv = BatchedTrainingVecEnv(split="train", n=9, device="cpu")
+    assert venv.num_envs == 9
+    assert len(venv.engines) == len(venv.groups) >= 2
+    assert sum(g.n for g in venv.groups) == 9
+    obs = venv.reset()
+    assert obs.shape == (9, venv.observation_space.shape[0])
+    venv = BatchedTrainingVecEnv(
+        groups=[
+            {"family": "quadratic_2d", "n": 2},
+            {"family": "mlp_digits", "width": 32, "n": 3, "horizon": 20},
+        ],
+        device="cpu",
+    )
+    venv.reset()
+    _, _, _, infos = venv.step(np.zeros((5, 3), np.float32))
+    assert [i["task"] for i in infos] == ["quadratic_2d"] * 2 + ["mlp_digits"] * 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"family": "quadratic_2d"}, "give n"),
+        ({"family": "quadratic_2d", "split": "train", "n": 4}, "one of"),
+        ({"split": "train", "n": 2}, "at least one run"),
+        ({"groups": [{"family": "quadratic_2d"}]}, "needs 'family' and 'n'"),
+    ],
+    ids=["no-n", "family-and-split", "too-few-runs", "group-without-n"],
+)
+def test_bad_bucket_configuration(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        BatchedTrainingVecEnv(device="cpu", **kwargs)
+
+
+def test_bad_actions_are_refused():
+    venv = BatchedTrainingVecEnv(family="quadratic_2d", n=2, device="cpu")
+    venv.reset()
+    with pytest.raises(ValueError, match="shape"):
+        venv.step(np.zeros((3, 3), np.float32))
+    with pytest.raises(ValueError, match="finite"):
+        venv.step(np.full((2, 3), np.nan, np.float32))
+
+
+def test_ppo_learns_on_it_under_vec_monitor_and_vec_normalize():
+    venv = VecNormalize(
+        VecMonitor(BatchedTrainingVecEnv(family="quadratic_2d", n=8, device="cpu"))
+    )
+    model = PPO("MlpPolicy", venv, n_steps=8, batch_size=32, n_epochs=1, seed=0)
+    model.learn(total_timesteps=128)
+    assert model.num_timesteps >= 128
+    assert len(model.ep_info_buffer) >= 8  # episodes of 10 decisions finished

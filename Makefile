@@ -33,7 +33,7 @@ format: install
 	$(VENV)/bin/ruff format .
 
 bench: install
-	$(PY) scripts/bench.py throughput
+	$(PY) scripts/bench.py throughput --compiled
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir runs

@@ -156,6 +156,8 @@ class BatchedEngine:
             return functional_call(self.base_model, params, (x,))
 
         self._grad_fn = vmap(grad_and_value(loss_of))
+        if self.settings.compile:
+            self._grad_fn = torch.compile(self._grad_fn, dynamic=False)
         self._loss_fn = vmap(loss_of)
         self._outputs_fn = vmap(outputs_of)
         self._built = True

@@ -31,6 +31,8 @@ class EnvSettings:
         dtype: `float32` or `float64` for the inner runs.
         beta2: Adam's beta2 (fixed).
         eps: Adam's eps (fixed).
+        compile: `torch.compile` the batched gradient step (opt-in: it costs tens
+            of seconds per shape bucket before it pays off).
     """
 
     decision_interval: int = 10
@@ -44,6 +46,7 @@ class EnvSettings:
     dtype: str = "float32"
     beta2: float = 0.999
     eps: float = 1e-8
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.decision_interval < 1:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import platform
 import shlex
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -109,6 +112,11 @@ def throughput(argv: Sequence[str] | None = None) -> int:
         help="markdown file the table is appended to",
     )
     parser.add_argument("--device", default="cpu", help="device of the inner runs")
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="also measure BatchedTrainingVecEnv with torch.compile (slow to start)",
+    )
     args = parser.parse_args(argv)
 
     from stable_baselines3.common.vec_env import DummyVecEnv
@@ -121,19 +129,27 @@ def throughput(argv: Sequence[str] | None = None) -> int:
     settings = {"device": args.device, "decision_interval": k}
     rows = []
     for n in (int(v) for v in args.n.split(",")):
-        raw = _timed(raw_batched_loop(n, k), args.seconds)
+        row = Row(n, k, raw=_timed(raw_batched_loop(n, k), args.seconds))
         batched_env = BatchedTrainingVecEnv(
             family=FAMILY, family_kwargs=FAMILY_KWARGS, n=n, **settings
         )
-        batched = _timed(_env_step(batched_env, n, 3), args.seconds)
-        dummy = None
+        row.batched = _timed(_env_step(batched_env, n, 3), args.seconds)
+        if args.compiled:
+            compiled_env = BatchedTrainingVecEnv(
+                family=FAMILY,
+                family_kwargs=FAMILY_KWARGS,
+                n=n,
+                compile=True,
+                **settings,
+            )
+            row.compiled = _timed(_env_step(compiled_env, n, 3), args.seconds)
         if n <= args.dummy_max_n:
             dummy_env = DummyVecEnv(
                 [lambda: InnerTrainingEnv(FAMILY, FAMILY_KWARGS, **settings)] * n
             )
-            dummy = _timed(_env_step(dummy_env, n, 3), args.seconds)
-        rows.append((n, raw, dummy, batched))
-        print(_format_row(n, k, raw, dummy, batched), flush=True)
+            row.dummy = _timed(_env_step(dummy_env, n, 3), args.seconds)
+        rows.append(row)
+        print(row.markdown(), flush=True)
 
     ppo_line = ""
     if args.ppo_timesteps:
@@ -180,35 +196,51 @@ def ppo_env_share(timesteps: int, settings: dict) -> tuple[float, float]:
     return Timed.seconds / wall, model.num_timesteps / wall
 
 
-def _format_row(n: int, k: int, raw: float, dummy: float | None, batched: float) -> str:
-    steps = n * k
+@dataclass
+class Row:
+    """Seconds per decision window (K inner steps of N runs) of each arm."""
 
-    def rate(seconds: float | None) -> str:
-        return "-" if seconds is None else f"{steps / seconds:,.0f}"
+    n: int
+    k: int
+    raw: float
+    batched: float = math.nan
+    dummy: float | None = None
+    compiled: float | None = None
 
-    speedup = "-" if dummy is None else f"{dummy / batched:.2f}x"
-    overhead = f"{batched / raw - 1:+.0%}"
-    return (
-        f"| {n} | {rate(raw)} | {rate(dummy)} | {rate(batched)} | "
-        f"{n / batched:,.0f} | {speedup} | {overhead} |"
+    HEADER: ClassVar[str] = (
+        "| N | raw loop inner steps/s | DummyVecEnv inner steps/s | "
+        "BatchedTrainingVecEnv inner steps/s | transitions/s | batched vs Dummy | "
+        "env overhead vs raw | compiled inner steps/s |\n"
+        "|---|---|---|---|---|---|---|---|"
     )
+
+    def rate(self, seconds: float | None) -> str:
+        """Inner steps per second, or '-' when not measured."""
+        return "-" if seconds is None else f"{self.n * self.k / seconds:,.0f}"
+
+    def markdown(self) -> str:
+        """The row of the table."""
+        speedup = "-" if self.dummy is None else f"{self.dummy / self.batched:.2f}x"
+        return (
+            f"| {self.n} | {self.rate(self.raw)} | {self.rate(self.dummy)} | "
+            f"{self.rate(self.batched)} | {self.n / self.batched:,.0f} | {speedup} | "
+            f"{self.batched / self.raw - 1:+.0%} | {self.rate(self.compiled)} |"
+        )
 
 
 def _append_markdown(
-    path: Path, command: str, rows: list, k: int, ppo_line: str, device: str
+    path: Path, command: str, rows: list[Row], k: int, ppo_line: str, device: str
 ) -> None:
     header = (
         f"\n## Throughput, {datetime.date.today().isoformat()}\n\n"
         f"- command: `{command}`\n"
         f"- machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), "
-        f"{platform.processor() or 'cpu'}, device {device}, torch {torch.__version__}, "
-        "uncompiled\n"
+        f"{platform.processor() or 'cpu'}, device {device}, torch {torch.__version__}; "
+        "all arms uncompiled except the last column\n"
         f"- problem: {FAMILY} {FAMILY_KWARGS}, K={k}\n\n"
-        "| N | raw loop inner steps/s | DummyVecEnv inner steps/s | "
-        "BatchedTrainingVecEnv inner steps/s | transitions/s | batched vs Dummy | "
-        "env overhead vs raw |\n|---|---|---|---|---|---|---|\n"
+        f"{Row.HEADER}\n"
     )
-    body = "\n".join(_format_row(n, k, raw, dummy, b) for n, raw, dummy, b in rows)
+    body = "\n".join(row.markdown() for row in rows)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         handle.write(header + body + "\n" + ppo_line)

@@ -99,3 +99,15 @@ def test_accuracy_for_classification():
     engine.start(range(2), episodes("mlp_digits", 2))
     accuracy = engine.accuracy("test")
     assert accuracy.shape == (2,) and ((accuracy >= 0) & (accuracy <= 1)).all()
+
+
+@pytest.mark.slow
+def test_compiled_engine_matches_eager():
+    results = []
+    for compile_ in (False, True):
+        engine = BatchedEngine(2, EnvSettings(device="cpu", compile=compile_))
+        engine.start(range(2), episodes("quadratic_2d", 2))
+        results.append(engine.act(torch.zeros(2, 3)))
+    eager, compiled = results
+    torch.testing.assert_close(compiled.obs, eager.obs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(compiled.reward, eager.reward, rtol=1e-5, atol=1e-6)

@@ -137,6 +137,32 @@ def build_model(
     return model
 
 
+def mlp(
+    n_in: int,
+    width: int,
+    depth: int,
+    n_out: int,
+    activation: type[nn.Module] = nn.ReLU,
+) -> nn.Sequential:
+    """A plain MLP: `depth` hidden layers of `width` units, then a linear output.
+
+    Args:
+        n_in: Input features.
+        width: Units per hidden layer.
+        depth: Hidden layers; 0 gives a linear model.
+        n_out: Outputs.
+        activation: Parameter-free activation module class.
+
+    Returns:
+        The (uninitialized) module; build it through `build_model`.
+    """
+    layers: list[nn.Module] = []
+    for index in range(depth):
+        layers += [nn.Linear(n_in if index == 0 else width, width), activation()]
+    layers.append(nn.Linear(width if depth else n_in, n_out))
+    return nn.Sequential(*layers)
+
+
 def split_rows(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -185,3 +211,58 @@ def mse(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Share of rows whose arg-max logit equals the integer target."""
     return (output.argmax(-1) == target).to(output.dtype).mean()
+
+
+def classification_instance(
+    family: str,
+    model_factory: Callable[[], nn.Module],
+    splits: tuple[torch.Tensor, ...],
+    *,
+    n_classes: int,
+    knobs: dict[str, Any],
+    batch_size: int,
+    generator: torch.Generator,
+    rng: np.random.Generator,
+) -> TaskInstance:
+    """The common tail of a classifier family's `sample`: noise, weights, instance.
+
+    Draws, in this order, the training-label flips and the initial weights from
+    `generator`, then the data seed from `rng`; a family that calls it last keeps
+    its draws in that order, so equal seeds still give equal instances.
+
+    Args:
+        family: Name of the family that draws the instance.
+        model_factory: Builds the uninitialized model (see `build_model`).
+        splits: `(x_train, y_train, x_val, y_val, x_test, y_test)`, clean integer
+            labels.
+        n_classes: Classes a flipped label is drawn from.
+        knobs: The drawn free knobs; reads `label_noise`, `init_scale` and
+            `horizon`, and is stored on the instance.
+        batch_size: Rows per inner step.
+        generator: Source of the label flips and the initial weights.
+        rng: Source of the data seed.
+
+    Returns:
+        The instance, with cross-entropy loss and accuracy.
+    """
+    x_train, y_train, x_val, y_val, x_test, y_test = splits
+    # Only the training labels are corrupted: validation and test measure how well
+    # the true rule was learned, so fitting the noise shows up there.
+    y_train = flip_labels(y_train, knobs["label_noise"], n_classes, generator)
+    model = build_model(model_factory, generator, knobs["init_scale"])
+    return TaskInstance(
+        family=family,
+        model=model,
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        y_val=y_val,
+        x_test=x_test,
+        y_test=y_test,
+        loss=cross_entropy,
+        batch_size=batch_size,
+        horizon=knobs["horizon"],
+        data_seed=int(rng.integers(2**62)),
+        accuracy=accuracy,
+        knobs=knobs,
+    )

@@ -14,10 +14,11 @@ from hyperpilot.envs.tasks.base import (
     TaskInstance,
     accuracy,
     build_model,
-    cross_entropy,
+    classification_instance,
     draw,
     draw_int,
     flip_labels,
+    mlp,
     standardize,
     torch_generator,
 )
@@ -25,32 +26,6 @@ from hyperpilot.envs.tasks.registry import register_family
 
 SIZES = (1024, 256, 256)
 """Train / val / test rows of every generated data set in this module."""
-
-
-def mlp(
-    n_in: int,
-    width: int,
-    depth: int,
-    n_out: int,
-    activation: type[nn.Module] = nn.ReLU,
-) -> nn.Sequential:
-    """A plain MLP: `depth` hidden layers of `width` units, then a linear output.
-
-    Args:
-        n_in: Input features.
-        width: Units per hidden layer.
-        depth: Hidden layers; 0 gives a linear model.
-        n_out: Outputs.
-        activation: Parameter-free activation module class.
-
-    Returns:
-        The (uninitialized) module; build it through `build_model`.
-    """
-    layers: list[nn.Module] = []
-    for index in range(depth):
-        layers += [nn.Linear(n_in if index == 0 else width, width), activation()]
-    layers.append(nn.Linear(width if depth else n_in, n_out))
-    return nn.Sequential(*layers)
 
 
 def gaussian_mixture(
@@ -95,7 +70,10 @@ def _split(*tensors: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
 
 
 class _BlobsFamily(TaskFamily):
-    """Shared sampling of the single-head blob classifiers; see the subclasses."""
+    """Shared knobs and sampling of the blob families; see the subclasses.
+
+    `sample` draws a single-head classifier; `MultitaskBlobs` overrides it.
+    """
 
     CLUSTERS = 1
 
@@ -134,8 +112,18 @@ class _BlobsFamily(TaskFamily):
             SIZES,
         )
 
-    def sample(self, rng: np.random.Generator) -> TaskInstance:
-        """Draws centres, rows, label flips and the initial weights from `rng`."""
+    def _draw_blobs(
+        self, rng: np.random.Generator
+    ) -> tuple[dict[str, Any], torch.Generator, torch.Tensor, torch.Tensor]:
+        """Draws the free knobs, a torch generator, then all rows of the mixture.
+
+        Args:
+            rng: Source of the knobs and of the generator's seed.
+
+        Returns:
+            The knobs, the generator (for the draws that follow), the inputs
+            `[sum(SIZES), n_features]` and the labels `[sum(SIZES)]`.
+        """
         knobs = {
             "separation": draw(rng, self.separation),
             "label_noise": draw(rng, self.label_noise),
@@ -151,31 +139,22 @@ class _BlobsFamily(TaskFamily):
             self.CLUSTERS,
             knobs["separation"],
         )
+        return knobs, generator, x, y
+
+    def sample(self, rng: np.random.Generator) -> TaskInstance:
+        """Draws centres, rows, label flips and the initial weights from `rng`."""
+        knobs, generator, x, y = self._draw_blobs(rng)
         (x_train, y_train), (x_val, y_val), (x_test, y_test) = _split(x, y)
         x_train, x_val, x_test = standardize(x_train, x_val, x_test)
-        # Only the training labels are corrupted: validation and test measure how
-        # well the true rule was learned, so fitting the noise shows up there.
-        y_train = flip_labels(y_train, knobs["label_noise"], self.n_classes, generator)
-        model = build_model(
+        return classification_instance(
+            self.name,
             lambda: mlp(self.n_features, self.width, self.depth, self.n_classes),
-            generator,
-            knobs["init_scale"],
-        )
-        return TaskInstance(
-            family=self.name,
-            model=model,
-            x_train=x_train,
-            y_train=y_train,
-            x_val=x_val,
-            y_val=y_val,
-            x_test=x_test,
-            y_test=y_test,
-            loss=cross_entropy,
-            batch_size=self.batch_size,
-            horizon=knobs["horizon"],
-            data_seed=int(rng.integers(2**62)),
-            accuracy=accuracy,
+            (x_train, y_train, x_val, y_val, x_test, y_test),
+            n_classes=self.n_classes,
             knobs=knobs,
+            batch_size=self.batch_size,
+            generator=generator,
+            rng=rng,
         )
 
 
@@ -306,7 +285,7 @@ def multitask_accuracy(output: torch.Tensor, target: torch.Tensor) -> torch.Tens
 
 
 @register_family("multitask_blobs")
-class MultitaskBlobs(TaskFamily):
+class MultitaskBlobs(_BlobsFamily):
     """Two heads on one MLP trunk: classify Gaussian blobs and regress a smooth target.
 
     The regression target is a random tanh teacher of the inputs, standardized; the
@@ -346,45 +325,21 @@ class MultitaskBlobs(TaskFamily):
     ) -> None:
         if int(depth) < 1:
             raise ValueError(f"multitask_blobs needs depth >= 1, got {depth}")
-        self.width = int(width)
-        self.depth = int(depth)
-        self.n_features = int(n_features)
-        self.n_classes = int(n_classes)
-        self.batch_size = int(batch_size)
-        self.separation = separation
-        self.label_noise = label_noise
-        self.init_scale = init_scale
-        self.horizon = horizon
-
-    @property
-    def shape_key(self) -> tuple[Any, ...]:
-        """Width, depth, features, classes, batch size and data sizes."""
-        return (
-            self.width,
-            self.depth,
-            self.n_features,
-            self.n_classes,
-            self.batch_size,
-            SIZES,
+        super().__init__(
+            width=width,
+            depth=depth,
+            n_features=n_features,
+            n_classes=n_classes,
+            batch_size=batch_size,
+            separation=separation,
+            label_noise=label_noise,
+            init_scale=init_scale,
+            horizon=horizon,
         )
 
     def sample(self, rng: np.random.Generator) -> TaskInstance:
         """Draws blobs, the regression teacher, noise and the initial weights."""
-        knobs = {
-            "separation": draw(rng, self.separation),
-            "label_noise": draw(rng, self.label_noise),
-            "init_scale": draw(rng, self.init_scale),
-            "horizon": draw_int(rng, self.horizon),
-        }
-        generator = torch_generator(rng)
-        x, labels = gaussian_mixture(
-            generator,
-            sum(SIZES),
-            self.n_features,
-            self.n_classes,
-            self.CLUSTERS,
-            knobs["separation"],
-        )
+        knobs, generator, x, labels = self._draw_blobs(rng)
         teacher = build_model(
             lambda: mlp(self.n_features, self.TEACHER_WIDTH, 1, 1, nn.Tanh),
             generator,
@@ -398,7 +353,8 @@ class MultitaskBlobs(TaskFamily):
         x_train, x_val, x_test = standardize(x_train, x_val, x_test)
         mean, std = v_train.mean(), v_train.std().clamp_min(1e-6)
         v_train, v_val, v_test = ((v - mean) / std for v in (v_train, v_val, v_test))
-        # Noise on the training targets only (see `_BlobsFamily.sample`).
+        # Noise on the training targets only: validation and test measure how well
+        # the true rule was learned (as in `classification_instance`).
         l_train = flip_labels(l_train, knobs["label_noise"], self.n_classes, generator)
         v_train = v_train + knobs["label_noise"] * torch.randn(
             v_train.shape, generator=generator

@@ -14,16 +14,13 @@ from hyperpilot.envs.tasks.base import (
     Range,
     TaskFamily,
     TaskInstance,
-    accuracy,
-    build_model,
-    cross_entropy,
+    classification_instance,
     draw,
     draw_int,
-    flip_labels,
+    mlp,
     split_rows,
     torch_generator,
 )
-from hyperpilot.envs.tasks.blobs import mlp
 from hyperpilot.envs.tasks.registry import register_family
 
 N_CLASSES = 10
@@ -77,28 +74,15 @@ class _DigitsFamily(TaskFamily):
         }
         generator = torch_generator(rng)
         x, y = load_digits()
-        x_train, y_train, x_val, y_val, x_test, y_test = split_rows(
-            self._inputs(x), y, self.SIZES, generator
-        )
-        # Only the training labels are corrupted: validation and test measure how
-        # well the true digits were learned, so fitting the noise shows up there.
-        y_train = flip_labels(y_train, knobs["label_noise"], N_CLASSES, generator)
-        model = build_model(self._model, generator, knobs["init_scale"])
-        return TaskInstance(
-            family=self.name,
-            model=model,
-            x_train=x_train,
-            y_train=y_train,
-            x_val=x_val,
-            y_val=y_val,
-            x_test=x_test,
-            y_test=y_test,
-            loss=cross_entropy,
-            batch_size=self.batch_size,
-            horizon=knobs["horizon"],
-            data_seed=int(rng.integers(2**62)),
-            accuracy=accuracy,
+        return classification_instance(
+            self.name,
+            self._model,
+            split_rows(self._inputs(x), y, self.SIZES, generator),
+            n_classes=N_CLASSES,
             knobs=knobs,
+            batch_size=self.batch_size,
+            generator=generator,
+            rng=rng,
         )
 
 

@@ -14,12 +14,9 @@ from hyperpilot.envs.tasks.base import (
     Range,
     TaskFamily,
     TaskInstance,
-    accuracy,
-    build_model,
-    cross_entropy,
+    classification_instance,
     draw,
     draw_int,
-    flip_labels,
     torch_generator,
 )
 from hyperpilot.envs.tasks.registry import register_family
@@ -174,25 +171,15 @@ class _SequenceFamily(TaskFamily):
         )
         x_train, x_val, x_test = x.split(self.SIZES)
         y_train, y_val, y_test = y.split(self.SIZES)
-        # Only the training labels are corrupted (see `flip_labels`): validation and
-        # test measure how well the true rule was learned.
-        y_train = flip_labels(y_train, knobs["label_noise"], self.vocab, generator)
-        model = build_model(self._model, generator, knobs["init_scale"])
-        return TaskInstance(
-            family=self.name,
-            model=model,
-            x_train=x_train,
-            y_train=y_train,
-            x_val=x_val,
-            y_val=y_val,
-            x_test=x_test,
-            y_test=y_test,
-            loss=cross_entropy,
-            batch_size=self.batch_size,
-            horizon=knobs["horizon"],
-            data_seed=int(rng.integers(2**62)),
-            accuracy=accuracy,
+        return classification_instance(
+            self.name,
+            self._model,
+            (x_train, y_train, x_val, y_val, x_test, y_test),
+            n_classes=self.vocab,
             knobs=knobs,
+            batch_size=self.batch_size,
+            generator=generator,
+            rng=rng,
         )
 
 

@@ -12,17 +12,14 @@ from hyperpilot.envs.tasks.base import (
     Range,
     TaskFamily,
     TaskInstance,
-    accuracy,
-    build_model,
-    cross_entropy,
+    classification_instance,
     draw,
     draw_int,
-    flip_labels,
+    mlp,
     split_rows,
     standardize,
     torch_generator,
 )
-from hyperpilot.envs.tasks.blobs import mlp
 from hyperpilot.envs.tasks.registry import register_family
 
 
@@ -95,28 +92,15 @@ class _TableFamily(TaskFamily):
             x, y, self.SIZES, generator
         )
         x_train, x_val, x_test = standardize(x_train, x_val, x_test)
-        # Only the training labels are corrupted: validation and test stay clean.
-        y_train = flip_labels(y_train, knobs["label_noise"], self.N_CLASSES, generator)
-        model = build_model(
+        return classification_instance(
+            self.name,
             lambda: mlp(self.N_FEATURES, self.width, self.depth, self.N_CLASSES),
-            generator,
-            knobs["init_scale"],
-        )
-        return TaskInstance(
-            family=self.name,
-            model=model,
-            x_train=x_train,
-            y_train=y_train,
-            x_val=x_val,
-            y_val=y_val,
-            x_test=x_test,
-            y_test=y_test,
-            loss=cross_entropy,
-            batch_size=self.batch_size,
-            horizon=knobs["horizon"],
-            data_seed=int(rng.integers(2**62)),
-            accuracy=accuracy,
+            (x_train, y_train, x_val, y_val, x_test, y_test),
+            n_classes=self.N_CLASSES,
             knobs=knobs,
+            batch_size=self.batch_size,
+            generator=generator,
+            rng=rng,
         )
 
 

@@ -15,10 +15,10 @@ from hyperpilot.envs.tasks.base import (
     build_model,
     draw,
     draw_int,
+    mlp,
     mse,
     torch_generator,
 )
-from hyperpilot.envs.tasks.blobs import mlp
 from hyperpilot.envs.tasks.registry import register_family
 
 

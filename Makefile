@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(VENV)/bin/hyperpilot demo
+	$(VENV)/bin/hyperpilot train --config smoke
 
 test: install
 	$(PY) -m pytest -q

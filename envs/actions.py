@@ -42,6 +42,10 @@ LR_RANGE: Final = (1e-6, 1.0)
 BETA1_RANGE: Final = (0.5, 0.999)
 CLIP_RANGE: Final = (1e-2, 1e3)
 WARMUP_FRACTION: Final = 0.05
+ACTION_STEPS: Final = {name: bound[2] for name, bound in _LOG_BOUNDS.items()}
+"""Largest log10 move per decision of each hyperparameter."""
+ACTION_RANGES: Final = {"lr": LR_RANGE, "beta1": BETA1_RANGE, "clip": CLIP_RANGE}
+"""Valid range of each hyperparameter."""
 
 
 @dataclass(frozen=True)

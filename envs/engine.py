@@ -143,6 +143,7 @@ class BatchedEngine:
         self.running = torch.zeros(n, dtype=torch.bool, device=self.device)
         self.first_val = torch.ones(n, device=self.device, dtype=torch.float64)
         self.last_val = torch.ones(n, device=self.device, dtype=torch.float64)
+        self.best_val = torch.ones(n, device=self.device, dtype=torch.float64)
         self.prev_grad = torch.zeros_like(self.flat_params)
         self.prev_grad_norm = torch.zeros(n, **kw)
         self.prev_update = torch.zeros_like(self.flat_params)
@@ -197,6 +198,7 @@ class BatchedEngine:
             val = self.evaluate("val").to(torch.float64)
             self.first_val = torch.where(mask, val, self.first_val)
             self.last_val = torch.where(mask, val, self.last_val)
+            self.best_val = torch.where(mask, val, self.best_val)
             self.tracker.reset(mask, self.first_val, val_available)
             obs = self.tracker.observe(*self.hparams.values(), self.progress(), val)
         return obs[mask]
@@ -311,6 +313,8 @@ class BatchedEngine:
             )
             reward = torch.where(running, reward, torch.zeros_like(reward))
             self.last_val = val
+            better = running & ~diverged & (val < self.best_val)
+            self.best_val = torch.where(better, val, self.best_val)
             obs = self.tracker.observe(lr, beta1, clip, self.progress(), val)
             grad_norm = grad_norms.clamp_min(1e-30).log().mean(1).exp()
             self.running = running & ~diverged & ~truncated
@@ -346,8 +350,8 @@ class BatchedEngine:
     def run_info(self, transition: Transition, run: int) -> dict[str, object]:
         """The `info` dict of one run after a decision.
 
-        The same keys at every step, plus `final_val_loss` and `diverged` when the
-        run ended.
+        The same keys at every step, plus `final_val_loss`, `initial_val_loss`,
+        `best_val_loss` and `diverged` when the run ended.
         """
         info: dict[str, object] = {
             "train_loss": float(transition.train_loss[run]),
@@ -360,5 +364,7 @@ class BatchedEngine:
         }
         if bool(transition.terminated[run] | transition.truncated[run]):
             info["final_val_loss"] = info["val_loss"]
+            info["initial_val_loss"] = float(self.first_val[run])
+            info["best_val_loss"] = float(self.best_val[run])
             info["diverged"] = bool(transition.terminated[run])
         return info

@@ -95,6 +95,12 @@ class InnerTrainingEnv(gym.Env[np.ndarray, np.ndarray]):
     - Truncation: the instance's horizon of inner steps is spent (set by the env
       itself; episodes last ceil(horizon / K) decisions).
 
+    ## Info
+    Every step: `train_loss` (window mean), `val_loss`, `grad_norm` (window mean,
+    before clipping), `lr`, `beta1`, `clip` (in force during the window) and `task`.
+    The last step of an episode adds `final_val_loss`, `initial_val_loss`,
+    `best_val_loss` and `diverged`.
+
     ## Arguments
     ```python
     gym.make("hyperpilot/InnerTraining-v0")  # families drawn from the train split

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from hyperpilot._version import __version__
 
@@ -26,53 +29,6 @@ def configure_process(threads: int = 1) -> None:
     torch.set_flush_denormal(True)
 
 
-def demo(argv: Sequence[str] | None = None) -> int:
-    """Runs one inner training run under a warmup + cosine schedule and prints it."""
-    parser = argparse.ArgumentParser(
-        prog="hyperpilot demo",
-        description="Train one inner task through the engine under a hand-written "
-        "warmup + cosine schedule and print the loss curve.",
-    )
-    parser.add_argument("--family", default="mlp_digits", help="task family to train")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the task draw")
-    parser.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    args = parser.parse_args(argv)
-    configure_process()
-
-    import numpy as np
-    import torch
-
-    from hyperpilot.envs.actions import Hyperparams, warmup_cosine
-    from hyperpilot.envs.engine import BatchedEngine
-    from hyperpilot.envs.episodes import Episode
-    from hyperpilot.envs.settings import EnvSettings
-    from hyperpilot.envs.tasks import make_family
-
-    try:
-        family = make_family(args.family)
-    except ValueError as error:
-        raise UserError(str(error)) from None
-    instance = family.sample(np.random.default_rng(args.seed))
-    engine = BatchedEngine(1, EnvSettings(device="cpu"))
-    engine.start([0], [Episode(instance, args.lr, 0.9, 1.0, True)])
-    print(
-        f"{args.family}: horizon {instance.horizon} inner steps, "
-        f"decision every {engine.k}; schedule: warmup + cosine, peak lr {args.lr:g}"
-    )
-    print(f"{'step':>6} {'lr':>10} {'train':>9} {'val':>9}")
-    peak = torch.tensor([args.lr])
-    while bool(engine.running[0]):
-        lr = warmup_cosine(engine.step_count, engine.horizon, peak).clamp_min(1e-6)
-        hparams = Hyperparams(lr, engine.hparams.beta1, engine.hparams.clip)
-        t = engine.advance(hparams)
-        print(
-            f"{int(engine.step_count[0]):>6} {float(lr[0]):>10.2e} "
-            f"{float(t.train_loss[0]):>9.4f} {float(t.val_loss[0]):>9.4f}"
-        )
-    print(f"test loss {float(engine.evaluate('test')[0]):.4f}")
-    return 0
-
-
 def bench(argv: Sequence[str] | None = None) -> int:
     """`hyperpilot bench throughput ...`: runs a benchmark."""
     from hyperpilot import bench as benchmarks
@@ -84,7 +40,189 @@ def bench(argv: Sequence[str] | None = None) -> int:
     return suites[argv[0]](argv[1:])
 
 
-COMMANDS = {"bench": bench, "demo": demo}
+def train(argv: Sequence[str] | None = None) -> int:
+    """Meta-trains a pilot with PPO from a YAML config (or resumes a run)."""
+    parser = argparse.ArgumentParser(
+        prog="hyperpilot train",
+        description="Meta-train a pilot with PPO on a distribution of inner training "
+        "tasks. Writes runs/<run>/ with config.yaml, command.txt, TensorBoard logs, "
+        "checkpoints/ and the deployable bundles pilot/ and pilot-best/.",
+    )
+    parser.add_argument(
+        "--config",
+        help="a YAML file, or the name of a shipped config (default, smoke, gpu); "
+        "default: default",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set ppo.n_steps=64 (repeatable)",
+    )
+    parser.add_argument("--seed", type=int, help="overrides run.seed")
+    parser.add_argument(
+        "--total-timesteps", type=int, help="overrides run.total_timesteps"
+    )
+    parser.add_argument(
+        "--device", help="where the inner runs go: auto, cpu, cuda (run.device)"
+    )
+    parser.add_argument(
+        "--policy-device", help="where the PPO policy goes (run.policy_device)"
+    )
+    parser.add_argument(
+        "--runs-root", type=Path, default=Path("runs"), help="parent of run folders"
+    )
+    parser.add_argument(
+        "--run-name", help="run folder name (default <config>__s<seed>__<unix time>)"
+    )
+    parser.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue a run from its newest checkpoint, with its own config",
+    )
+    parser.add_argument(
+        "--init-from",
+        metavar="BUNDLE",
+        help="start the actor from a saved pilot bundle (fine-tuning)",
+    )
+    args = parser.parse_args(argv)
+    from hyperpilot.config import ConfigError, dump_config, load_config
+
+    overrides = list(args.set)
+    for flag, key in (
+        ("seed", "run.seed"),
+        ("total_timesteps", "run.total_timesteps"),
+        ("device", "run.device"),
+        ("policy_device", "run.policy_device"),
+    ):
+        if getattr(args, flag) is not None:
+            overrides.append(f"{key}={getattr(args, flag)}")
+    try:
+        if args.resume is not None:
+            if args.config or args.init_from or args.set:
+                raise UserError(
+                    "--resume continues with the run's own config; drop --config, "
+                    "--set and --init-from"
+                )
+            run_dir = args.resume
+            if not (run_dir / "config.yaml").is_file():
+                raise UserError(f"{run_dir} is not a run folder (no config.yaml)")
+            config = load_config(run_dir / "config.yaml", overrides)
+        else:
+            config = load_config(args.config or "default", overrides)
+            name = args.run_name or (
+                f"{config.run.name or Path(config.source).stem}"
+                f"__s{config.run.seed}__{int(time.time())}"
+            )
+            run_dir = args.runs_root / name
+            if run_dir.exists():
+                raise UserError(
+                    f"run folder {run_dir} exists; choose another --run-name"
+                )
+    except ConfigError as error:
+        raise UserError(str(error)) from None
+    configure_process(config.run.threads)
+
+    from hyperpilot.agents.ppo import check_init_bundle
+    from hyperpilot.agents.ppo import train as run_training
+    from hyperpilot.bundle import BundleError
+
+    init_from = None
+    try:
+        if args.init_from:
+            init_from = check_init_bundle(config, args.init_from)
+    except BundleError as error:
+        raise UserError(str(error)) from None
+    command = shlex.join(["hyperpilot", "train", *(argv or sys.argv[2:])])
+    if args.resume is None:
+        run_dir.mkdir(parents=True)
+        dump_config(config, run_dir / "config.yaml")
+        (run_dir / "command.txt").write_text(command + "\n")
+    else:
+        command = (run_dir / "command.txt").read_text().strip()
+    print(f"run folder: {run_dir}", flush=True)
+    result = run_training(
+        config,
+        run_dir,
+        command=command,
+        resume=args.resume is not None,
+        init_from=init_from,
+    )
+    if result.interrupted_by is not None:
+        print(
+            f"stopped at step {result.timesteps}; checkpoint saved in "
+            f"{result.checkpoint.path}.\nresume with: hyperpilot train --resume "
+            f"{run_dir}"
+        )
+        return 128 + result.interrupted_by
+    print(f"done: {result.timesteps} steps; pilot: {run_dir / 'pilot'}")
+    print(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def export(argv: Sequence[str] | None = None) -> int:
+    """Writes a deployable pilot bundle from a run's checkpoint."""
+    parser = argparse.ArgumentParser(
+        prog="hyperpilot export",
+        description="Turn a training checkpoint into a pilot bundle (pilot.json + "
+        "actor.safetensors), e.g. from an interrupted run.",
+    )
+    parser.add_argument("run_dir", type=Path, help="a run folder of hyperpilot train")
+    parser.add_argument(
+        "--checkpoint", type=int, metavar="STEPS", help="checkpoint step (newest)"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="bundle folder (default RUN_DIR/pilot-step<STEPS>)"
+    )
+    args = parser.parse_args(argv)
+    from hyperpilot.agents.checkpoints import find_checkpoint
+    from hyperpilot.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.run_dir / "config.yaml")
+        checkpoint = find_checkpoint(args.run_dir, args.checkpoint)
+    except (ConfigError, ValueError) as error:
+        raise UserError(str(error)) from None
+    from stable_baselines3 import PPO
+
+    from hyperpilot.agents.ppo import export_pilot
+
+    model = PPO.load(checkpoint.model, device="cpu")
+    out = args.out or args.run_dir / f"pilot-step{checkpoint.step}"
+    command_file = args.run_dir / "command.txt"
+    command = command_file.read_text().strip() if command_file.exists() else ""
+    export_pilot(model, config, out, command, checkpoint.obs_rms())
+    print(f"wrote {out} (checkpoint at step {checkpoint.step})")
+    return 0
+
+
+def info(argv: Sequence[str] | None = None) -> int:
+    """Prints what a pilot bundle holds."""
+    parser = argparse.ArgumentParser(
+        prog="hyperpilot info",
+        description="Show a pilot bundle's features, action mode, K, training config "
+        "and versions.",
+    )
+    parser.add_argument("bundle", help="a bundle folder, or a shipped pilot's name")
+    args = parser.parse_args(argv)
+    from hyperpilot.bundle import BundleError, describe_bundle, load_bundle
+
+    try:
+        print(describe_bundle(load_bundle(args.bundle)))
+    except BundleError as error:
+        raise UserError(str(error)) from None
+    return 0
+
+
+COMMANDS = {
+    "bench": bench,
+    "export": export,
+    "info": info,
+    "train": train,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

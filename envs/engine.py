@@ -19,7 +19,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from hyperpilot.envs.actions import Hyperparams, base_schedule, decode_action
 from hyperpilot.envs.episodes import Episode
-from hyperpilot.envs.features import FeatureTracker
+from hyperpilot.envs.features import N_FEATURES, FeatureTracker
 from hyperpilot.envs.optim import BatchedAdam, clip_by_global_norm, row_dot
 from hyperpilot.envs.reward import compute_reward
 from hyperpilot.envs.settings import EnvSettings, resolve_device
@@ -135,6 +135,7 @@ class BatchedEngine:
             self.flat_params, self.settings.beta2, self.settings.eps
         )
         self.tracker = FeatureTracker(n, self.device)
+        self.last_obs = torch.zeros(n, N_FEATURES, device=self.device)
         self.hparams = Hyperparams.full(n, 1e-3, 0.9, 1.0, **kw)
         self.initial = self.hparams
         zeros = {"device": self.device, "dtype": torch.long}
@@ -201,6 +202,7 @@ class BatchedEngine:
             self.best_val = torch.where(mask, val, self.best_val)
             self.tracker.reset(mask, self.first_val, val_available)
             obs = self.tracker.observe(*self.hparams.values(), self.progress(), val)
+            self.last_obs = torch.where(mask[:, None], obs, self.last_obs)
         return obs[mask]
 
     def _load_instance(self, run: int, instance: TaskInstance) -> None:
@@ -316,6 +318,7 @@ class BatchedEngine:
             better = running & ~diverged & (val < self.best_val)
             self.best_val = torch.where(better, val, self.best_val)
             obs = self.tracker.observe(lr, beta1, clip, self.progress(), val)
+            self.last_obs = obs
             grad_norm = grad_norms.clamp_min(1e-30).log().mean(1).exp()
             self.running = running & ~diverged & ~truncated
         return Transition(

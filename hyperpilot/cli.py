@@ -217,8 +217,161 @@ def info(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def evaluate(argv: Sequence[str] | None = None) -> int:
+    """Evaluates a pilot beside practitioners' schedules on tasks it never saw."""
+    from hyperpilot.evaluation import METHODS
+
+    parser = argparse.ArgumentParser(
+        prog="hyperpilot evaluate",
+        description="Run a saved pilot and the schedules a practitioner would use "
+        "(constant Adam, tuned constant / cosine / OneCycle, plateau, AutoClip, "
+        "hypergradient, Schedule-Free AdamW and Prodigy when installed) plus three "
+        "controls (replay, random, blind) on the same task instances, data order and "
+        "budget. Writes results.json, results.csv, plots/ and tensorboard/ to --out; "
+        "finished jobs are reused when re-run with the same --out.",
+    )
+    parser.add_argument(
+        "--pilot", required=True, help="a bundle folder, or a shipped pilot's name"
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--suite", help="configs/eval/<name>.yaml or a path (default: heldout)"
+    )
+    where.add_argument("--family", help="one task family, with its knobs in --kw")
+    where.add_argument("--data", type=Path, help="your own .csv or .npz data file")
+    parser.add_argument(
+        "--kw",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a knob of --family (repeatable), e.g. --kw width=32",
+    )
+    parser.add_argument("--target", help="the target column of --data")
+    parser.add_argument(
+        "--model", default="mlp:64x2", help="model for --data: mlp:WxD or linear"
+    )
+    parser.add_argument(
+        "--loss",
+        default="auto",
+        choices=("auto", "ce", "mse"),
+        help="loss for --data (auto: ce for few integer classes, else mse)",
+    )
+    parser.add_argument(
+        "--seeds", type=int, help="run seeds 0..N-1 (default: the suite's, else 5)"
+    )
+    parser.add_argument(
+        "--methods",
+        help=f"comma-separated subset of: {', '.join(METHODS)} (default: all available)",
+    )
+    parser.add_argument(
+        "--init-lr", type=float, default=1e-3, help="lr every run starts from"
+    )
+    parser.add_argument(
+        "--out", type=Path, help="output folder (default runs/eval__<tasks>)"
+    )
+    parser.add_argument("--device", default="cpu", help="where the inner runs go")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (logs, CI)"
+    )
+    args = parser.parse_args(argv)
+    configure_process()
+
+    import yaml
+
+    from hyperpilot import evaluation as ev
+    from hyperpilot import report
+    from hyperpilot.bundle import BundleError, load_bundle
+    from hyperpilot.envs.tasks.splits import FamilySpec
+
+    try:
+        load_bundle(args.pilot)
+        if args.family:
+            knobs = dict(_key_value(kv) for kv in args.kw)
+            spec = FamilySpec(args.family, knobs)
+            tasks, seeds, name = [ev.EvalTask(spec.label, spec)], 5, args.family
+        elif args.data:
+            if not args.target and args.data.suffix != ".npz":
+                raise UserError("--data needs --target COLUMN")
+            knobs = {"path": str(args.data), "model": args.model, "loss": args.loss}
+            if args.target:
+                knobs["target"] = args.target
+            spec = FamilySpec("data_file", knobs)
+            tasks, seeds, name = [ev.EvalTask(args.data.name, spec)], 5, args.data.stem
+        else:
+            suite = args.suite or "heldout"
+            tasks, seeds = ev.load_suite(suite)
+            name = Path(suite).stem
+        if args.kw and not args.family:
+            raise UserError("--kw goes with --family")
+        for task in tasks:
+            task.spec.build()
+        methods = ev.available_methods()
+        if args.methods:
+            methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+            unknown = [m for m in methods if m not in ev.METHODS]
+            missing = [m for m in methods if m not in ev.available_methods()]
+            if unknown:
+                raise UserError(
+                    f"unknown methods {unknown}; choose from {list(ev.METHODS)}"
+                )
+            if missing:
+                raise UserError(
+                    f"{missing} need their libraries: pip install 'hyperpilot[baselines]'"
+                )
+        if args.seeds is not None:
+            seeds = args.seeds
+        if seeds < 1 or not args.init_lr > 0:
+            raise UserError("--seeds must be >= 1 and --init-lr > 0")
+        out = args.out or Path("runs") / f"eval__{name}"
+        print(
+            f"evaluating {args.pilot} on {len(tasks)} task(s) x {seeds} seed(s): "
+            f"{', '.join(methods)}\noutput folder: {out}",
+            flush=True,
+        )
+        records = ev.evaluate(
+            args.pilot,
+            tasks,
+            seeds,
+            methods,
+            out,
+            args.init_lr,
+            args.device,
+            progress=not args.no_progress,
+        )
+    except (BundleError, ValueError, yaml.YAMLError) as error:
+        raise UserError(str(error).splitlines()[0]) from None
+    rows = report.method_rows(records, methods)
+    summary = report.summarize(rows, methods)
+    print(report.table(summary))
+    print(
+        "tuned_* methods chose their lr from 5 values on validation loss: 5x the "
+        "compute (inner steps column)."
+    )
+    settings = {
+        "pilot": args.pilot,
+        "init_lr": args.init_lr,
+        "seeds": seeds,
+        "methods": methods,
+        "tasks": [t.label for t in tasks],
+    }
+    for path in report.write_outputs(out, rows, summary, records, settings):
+        print(f"wrote {path}")
+    print(f"TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
+    return 0
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UserError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
 COMMANDS = {
     "bench": bench,
+    "evaluate": evaluate,
     "export": export,
     "info": info,
     "train": train,

@@ -3,6 +3,7 @@
 # Importing a family module registers its families.
 from hyperpilot.envs.tasks import (  # noqa: F401
     blobs,
+    data_file,
     digits,
     quadratic,
     sequences,

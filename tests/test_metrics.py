@@ -1,0 +1,39 @@
+import math
+
+import numpy as np
+import pytest
+
+from hyperpilot.metrics import (
+    performance_profile,
+    performance_ratios,
+    score_b,
+    steps_to_target,
+)
+
+
+def test_steps_to_target_is_the_first_step_at_or_below():
+    assert steps_to_target([10, 20, 30], [1.0, 0.5, 0.4], 0.5) == 20
+    assert steps_to_target([10, 20], [1.0, math.nan], 0.5) == math.inf
+
+
+def test_ratios_profile_and_score_b():
+    times = {
+        "fast": {"a": 10.0, "b": 20.0},
+        "half": {"a": 20.0, "b": 40.0},
+        "miss": {"a": math.inf, "b": 20.0},
+    }
+    ratios = performance_ratios(times)
+    assert ratios["fast"] == {"a": 1.0, "b": 1.0}
+    assert ratios["half"] == {"a": 2.0, "b": 2.0}
+    assert ratios["miss"]["a"] == math.inf
+    profile = performance_profile(ratios, np.array([1.0, 2.0]))
+    np.testing.assert_allclose(profile["miss"], [0.5, 0.5])
+    scores = score_b(times)
+    assert scores["fast"] == pytest.approx(1.0)
+    assert scores["half"] == pytest.approx(2 / 3, abs=1e-3)  # ratio 2 of r_max 4
+    assert scores["miss"] == pytest.approx(0.5)
+
+
+def test_a_task_nobody_reached_counts_as_missed_for_all():
+    ratios = performance_ratios({"x": {"a": math.inf}, "y": {"a": math.inf}})
+    assert ratios == {"x": {"a": math.inf}, "y": {"a": math.inf}}

@@ -1,0 +1,443 @@
+"""The Pilot in a plain PyTorch loop: no train/deploy skew, and its real-loop rules."""
+
+import copy
+import dataclasses
+import io
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.vec_env import VecNormalize
+from torch import nn
+
+from hyperpilot.agents.pilot import Pilot
+from hyperpilot.bundle import load_bundle, save_bundle
+from hyperpilot.envs import BatchedTrainingVecEnv
+from hyperpilot.envs.engine import BatchedEngine, MinibatchOrder
+from hyperpilot.envs.episodes import Episode
+from hyperpilot.envs.tasks import make_family
+
+F64 = torch.float64
+
+
+def _make_bundle(path, action_mode):
+    """A tiny real bundle whose actions are far from zero, so the hparams move."""
+    env = BatchedTrainingVecEnv(
+        family="quadratic_2d", n=4, device="cpu", action_mode=action_mode
+    )
+    venv = VecNormalize(env)
+    model = PPO(
+        "MlpPolicy",
+        venv,
+        n_steps=8,
+        batch_size=16,
+        n_epochs=1,
+        policy_kwargs={"net_arch": {"pi": [16], "vf": [16]}},
+        seed=0,
+    )
+    model.learn(64)
+    with torch.no_grad():  # PPO starts with near-zero actions; make them matter
+        model.policy.action_net.weight.mul_(30.0)
+    return save_bundle(
+        path,
+        policy=model.policy,
+        obs_rms=venv.obs_rms,
+        clip_obs=venv.clip_obs,
+        epsilon=venv.epsilon,
+        settings=env.settings,
+        default_clip=0.05,  # low enough that steps are clipped
+    )
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pilots")
+    return {mode: _make_bundle(root / mode, mode) for mode in ("compound", "residual")}
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(bundles):
+    return bundles["compound"]
+
+
+# ------------------------------------------------------------ no train/deploy skew
+class _Recording:
+    """A bundle that records the observations the pilot shows it."""
+
+    def __init__(self, bundle):
+        self._bundle = bundle
+        self.seen = []
+
+    def __getattr__(self, name):
+        return getattr(self._bundle, name)
+
+    def act(self, obs):
+        self.seen.append(obs.clone())
+        return self._bundle.act(obs)
+
+
+def _engine_run(bundle, instance, with_val):
+    settings = dataclasses.replace(bundle.settings(), device="cpu", dtype="float64")
+    engine = BatchedEngine(1, settings)
+    episode = Episode(instance, 1e-3, 0.9, bundle.default_clip, with_val)
+    obs = engine.start([0], [episode])
+    seen, hparams, losses = [], [], []
+    while engine.running.any():
+        seen.append(obs.clone())
+        transition = engine.act(bundle.act(obs))
+        hparams.append([float(v[0]) for v in transition.hparams.values()])
+        losses.append(float(transition.train_loss[0]))
+        obs = transition.obs
+    return {
+        "obs": torch.cat(seen).numpy(),
+        "hparams": np.array(hparams),
+        "train_loss": np.array(losses),
+    }
+
+
+def _pilot_run(bundle, instance, with_val, pilot_cls=Pilot, lag_loss=False):
+    """The user loop of the README, on the engine's data order, in float64."""
+    model = copy.deepcopy(instance.model).double()
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8
+    )
+    order = MinibatchOrder(1, len(instance.x_train), instance.batch_size, "cpu")
+    order.restart(0, instance.data_seed)
+
+    def cast(t):
+        return t.double() if t.is_floating_point() else t
+
+    x_train, y_train = cast(instance.x_train), cast(instance.y_train)
+    x_val, y_val = cast(instance.x_val), cast(instance.y_val)
+
+    def val_fn():
+        return float(instance.loss(model(x_val), y_val))
+
+    recording = _Recording(bundle)
+    pilot = pilot_cls(recording)
+    pilot.attach(optimizer, instance.horizon, val_fn=val_fn if with_val else None)
+    k = pilot.decision_interval
+    hparams, losses, window, previous = [], [], [], None
+    for step in range(instance.horizon):
+        index = order.next()[0]
+        loss = instance.loss(model(x_train[index]), y_train[index])
+        optimizer.zero_grad()
+        loss.backward()
+        pilot.step(previous if lag_loss and previous is not None else loss)
+        previous = loss.detach()
+        window.append(loss.item())
+        optimizer.step()
+        if (step + 1) % k == 0:
+            hparams.append(list(pilot.hyperparameters.values()))
+            losses.append(sum(window) / len(window))
+            window = []
+    return {
+        "obs": torch.cat(recording.seen).numpy(),
+        "hparams": np.array(hparams),
+        "train_loss": np.array(losses),
+    }
+
+
+def _mismatch(a, b):
+    """Largest relative difference of hparams and losses, absolute of observations."""
+    if any(a[key].shape != b[key].shape for key in a):
+        return np.inf
+    relative = [np.abs(a[key] / b[key] - 1).max() for key in ("hparams", "train_loss")]
+    return max(*relative, np.abs(a["obs"] - b["obs"]).max())
+
+
+def _instance(family):
+    return make_family(family, horizon=60).sample(np.random.default_rng(0))
+
+
+@pytest.mark.parametrize(
+    ("family", "mode", "with_val"),
+    [
+        ("mlp_digits", "compound", True),
+        ("mlp_digits", "compound", False),
+        ("quadratic_2d", "compound", True),
+        ("quadratic_2d", "compound", False),
+        ("quadratic_2d", "residual", True),
+        ("quadratic_2d", "residual", False),
+    ],
+)
+def test_pilot_in_a_user_loop_reproduces_the_engine(bundles, family, mode, with_val):
+    bundle = load_bundle(bundles[mode])
+    instance = _instance(family)
+    engine = _engine_run(bundle, instance, with_val)
+    pilot = _pilot_run(bundle, instance, with_val)
+    assert _mismatch(pilot, engine) < 1e-8
+    # the comparison has teeth: the values move, and clipping happens
+    lrs = engine["hparams"][:, 0]
+    assert lrs.max() / lrs.min() > 1.1
+    assert engine["obs"][:, 9].max() > 0  # clip_fraction
+    assert (engine["obs"][:, 12] == float(with_val)).all()  # val_available
+
+
+class _LatePilot(Pilot):
+    def _decision_due(self):
+        return (self._steps - 1) % self.decision_interval == 0
+
+
+class _EarlyPilot(Pilot):
+    def _decision_due(self):
+        return (self._steps + 1) % self.decision_interval == 0
+
+
+@pytest.mark.parametrize(
+    "skew",
+    [{"pilot_cls": _LatePilot}, {"pilot_cls": _EarlyPilot}, {"lag_loss": True}],
+    ids=["decisions-one-step-late", "decisions-one-step-early", "loss-one-step-old"],
+)
+def test_the_skew_check_catches_an_off_by_one(bundle_dir, skew):
+    bundle = load_bundle(bundle_dir)
+    instance = _instance("quadratic_2d")
+    engine = _engine_run(bundle, instance, True)
+    assert _mismatch(_pilot_run(bundle, instance, True), engine) < 1e-8
+    assert _mismatch(_pilot_run(bundle, instance, True, **skew), engine) > 1e-6
+
+
+# --------------------------------------------------------------- real-loop rules
+def _problem(seed=0, n=64):
+    """A small regression task and MLP built without touching the global RNG."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=generator, dtype=F64)
+    y = x @ torch.randn(4, 1, generator=generator, dtype=F64)
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    model = model.to_empty(device="cpu").double()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.copy_(0.5 * torch.randn(parameter.shape, generator=generator))
+    return model, x, y
+
+
+def _val_fn(model, x, y):
+    return lambda: float(nn.functional.mse_loss(model(x), y))
+
+
+def _train(pilot, model, optimizer, x, y, steps, start=0, stop=False):
+    """The user loop; minibatch `i` depends only on the step number."""
+    for step in range(start, start + steps):
+        rows = (torch.arange(16) + 16 * step) % len(x)
+        loss = nn.functional.mse_loss(model(x[rows]), y[rows])
+        optimizer.zero_grad()
+        loss.backward()
+        pilot.step(loss)
+        optimizer.step()
+        if stop and pilot.should_stop():
+            return step
+    return None
+
+
+def test_per_group_lr_ratios_survive_and_beta1_is_written(bundle_dir):
+    model, x, y = _problem()
+    optimizer = torch.optim.Adam(
+        [
+            {"params": model[0].parameters(), "lr": 1e-3},
+            {"params": model[2].parameters(), "lr": 1e-4},
+        ],
+        betas=(0.9, 0.98),
+    )
+    pilot = Pilot.load(bundle_dir).attach(optimizer, 60)
+    _train(pilot, model, optimizer, x, y, 25)
+    first, second = optimizer.param_groups
+    values = pilot.hyperparameters
+    assert first["lr"] == values["lr"] != 1e-3
+    assert second["lr"] / first["lr"] == pytest.approx(0.1, rel=1e-12)
+    for group in (first, second):
+        assert group["betas"] == (values["beta1"], 0.98)
+    assert values["beta1"] != 0.9
+
+
+def test_an_optimizer_without_betas_gets_lr_and_clip_control(bundle_dir):
+    model, x, y = _problem()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.warns(UserWarning, match="only its lr and the gradient clipping"):
+        pilot = Pilot.load(bundle_dir).attach(optimizer, 60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _train(pilot, model, optimizer, x, y, 25)
+    values = pilot.hyperparameters
+    assert values["beta1"] is None
+    assert optimizer.param_groups[0]["lr"] == values["lr"] != 0.01
+    assert values["clip"] != 0.05
+    assert "betas" not in optimizer.param_groups[0]
+
+
+def test_a_scheduler_or_a_foreign_lr_change_is_warned_about(bundle_dir):
+    model, x, y = _problem()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    torch.optim.lr_scheduler.StepLR(optimizer, step_size=10)
+    with pytest.warns(UserWarning, match="will fight"):
+        Pilot.load(bundle_dir).attach(optimizer, 60)
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    pilot = Pilot.load(bundle_dir).attach(optimizer, 60)
+    _train(pilot, model, optimizer, x, y, 5)
+    optimizer.param_groups[0]["lr"] = 1e-2  # e.g. ReduceLROnPlateau, or by hand
+    with pytest.warns(UserWarning, match="changed outside the pilot"):
+        _train(pilot, model, optimizer, x, y, 10, start=5)
+
+
+def test_past_total_steps_the_last_values_stay_and_it_warns_once(bundle_dir):
+    model, x, y = _problem()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    pilot = Pilot.load(bundle_dir).attach(optimizer, 15)
+    _train(pilot, model, optimizer, x, y, 15)
+    values = pilot.hyperparameters
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _train(pilot, model, optimizer, x, y, 25, start=15)
+    assert [str(w.message) for w in caught] == [
+        "step 16 is past total_steps=15: the pilot keeps its last values"
+    ]
+    assert pilot.hyperparameters == values
+    assert pilot.steps_done == 40
+
+
+def test_divergence_stops_the_run_and_the_pilot(bundle_dir):
+    model, x, y = _problem()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    pilot = Pilot.load(bundle_dir).attach(optimizer, 100, clip=1e3)
+    _train(pilot, model, optimizer, x, y, 1)
+    optimizer.param_groups[0]["lr"] = 50.0  # a huge lr, behind the pilot's back
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stopped = _train(pilot, model, optimizer, x, y, 9, start=1, stop=True)
+    assert stopped is not None
+    assert pilot.diverged and pilot.should_stop()
+    # from then on the pilot changes nothing: no clipping, no new lr
+    loss = nn.functional.mse_loss(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    lr = optimizer.param_groups[0]["lr"]
+    pilot.step(loss)
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+    assert optimizer.param_groups[0]["lr"] == lr
+
+
+def test_a_non_finite_validation_loss_is_a_divergence(bundle_dir):
+    model, x, y = _problem()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    values = iter([1.0, float("nan")])
+    pilot = Pilot.load(bundle_dir).attach(optimizer, 60, val_fn=lambda: next(values))
+    assert _train(pilot, model, optimizer, x, y, 30, stop=True) == 10
+    assert pilot.diverged
+
+
+def test_should_stop_on_patience_only_with_a_val_fn(bundle_dir):
+    model, x, y = _problem()
+
+    def run(val_fn, patience):
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        pilot = Pilot.load(bundle_dir).attach(optimizer, 100, val_fn=val_fn)
+        for step in range(100):
+            _train(pilot, model, optimizer, x, y, 1, start=step)
+            if pilot.should_stop(patience):
+                return step
+        return None
+
+    # flat validation: decisions at steps 10, 20, 30 measure no improvement
+    assert run(lambda: 1.0, patience=3) == 30
+    assert run(lambda: 1.0, patience=5) == 50
+    # an improvement (by more than 1e-4 relative) resets the count
+    falling = iter(np.geomspace(1.0, 1e-3, 20).tolist())
+    assert run(lambda: next(falling), patience=1) is None
+    assert run(None, patience=1) is None
+
+
+def test_amp_overflow_steps_are_counted_but_neither_recorded_nor_clipped(bundle_dir):
+    model, x, y = _problem()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    pilot = Pilot.load(bundle_dir).attach(optimizer, 60)
+    _train(pilot, model, optimizer, x, y, 3)
+    before = pilot.state_dict()
+    loss = nn.functional.mse_loss(model(x), y)
+    optimizer.zero_grad()
+    loss.backward()
+    model[0].weight.grad[0, 0] = float("inf")
+    pilot.step(loss)
+    assert not pilot.diverged and pilot.steps_done == 4
+    assert torch.equal(
+        before["tracker"]["count"], pilot.state_dict()["tracker"]["count"]
+    )
+    assert model[0].weight.grad[0, 0] == float("inf")
+
+
+def _resumable_run(bundle_dir, steps, split=None):
+    """`steps` steps, optionally interrupted after `split` and resumed from files."""
+    model, x, y = _problem()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    pilot = Pilot.load(bundle_dir).attach(optimizer, steps, _val_fn(model, x, y))
+    if split is None:
+        _train(pilot, model, optimizer, x, y, steps)
+        return model, pilot
+    _train(pilot, model, optimizer, x, y, split)
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "pilot": pilot.state_dict(),
+        },
+        buffer,
+    )
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+
+    model = _problem(seed=1)[0]  # as in a fresh process: other weights until restored
+    model.load_state_dict(saved["model"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimizer.load_state_dict(saved["optimizer"])
+    pilot = Pilot.load(bundle_dir).attach(optimizer, steps, _val_fn(model, x, y))
+    pilot.load_state_dict(saved["pilot"])
+    _train(pilot, model, optimizer, x, y, steps - split, start=split)
+    return model, pilot
+
+
+@pytest.mark.parametrize("split", [30, 25])
+def test_state_dict_round_trip_continues_identically(bundle_dir, split):
+    straight_model, straight = _resumable_run(bundle_dir, 60)
+    resumed_model, resumed = _resumable_run(bundle_dir, 60, split)
+    for a, b in zip(straight_model.parameters(), resumed_model.parameters()):
+        assert torch.equal(a, b)
+    assert resumed.hyperparameters == straight.hyperparameters
+    a, b = straight.state_dict(), resumed.state_dict()
+    for name, value in a["tracker"].items():
+        torch.testing.assert_close(
+            b["tracker"][name], value, rtol=0, atol=0, equal_nan=True
+        )
+    assert (a["best_val_loss"], a["stale_decisions"]) == (
+        b["best_val_loss"],
+        b["stale_decisions"],
+    )
+
+
+def test_the_pilot_leaves_process_wide_torch_settings_alone(bundle_dir):
+    rng, threads = torch.get_rng_state(), torch.get_num_threads()
+    dtype = torch.get_default_dtype()
+    model, x, y = _problem()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    pilot = Pilot.load(bundle_dir).attach(optimizer, 30, _val_fn(model, x, y))
+    _train(pilot, model, optimizer, x, y, 30)
+    pilot.load_state_dict(pilot.state_dict())
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert torch.get_num_threads() == threads
+    assert torch.get_default_dtype() == dtype
+
+
+def test_step_needs_attach_and_a_scalar_loss(bundle_dir):
+    pilot = Pilot.load(bundle_dir)
+    with pytest.raises(RuntimeError, match="not attached"):
+        pilot.step(1.0)
+    model = _problem()[0]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    pilot.attach(optimizer, 10)
+    with pytest.raises(RuntimeError, match="no parameter has a gradient"):
+        pilot.step(1.0)
+    with pytest.raises(ValueError, match="scalar"):
+        pilot.step(torch.ones(3))

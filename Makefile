@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # On a CUDA machine: `make install TORCH=torch`.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test test-fast lint format bench tensorboard clean
+.PHONY: install demo test test-fast lint format bench bench-quality tensorboard clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,9 @@ lint: install
 format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+bench-quality: install
+	$(PY) scripts/bench.py quality
 
 bench: install
 	$(PY) scripts/bench.py throughput --compiled

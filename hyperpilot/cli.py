@@ -30,10 +30,11 @@ def configure_process(threads: int = 1) -> None:
 
 
 def bench(argv: Sequence[str] | None = None) -> int:
-    """`hyperpilot bench throughput ...`: runs a benchmark."""
+    """`hyperpilot bench throughput|quality ...`: runs a benchmark."""
     from hyperpilot import bench as benchmarks
+    from hyperpilot import quality
 
-    suites = {"throughput": benchmarks.throughput}
+    suites = {"throughput": benchmarks.throughput, "quality": quality.quality}
     argv = list(argv or [])
     if not argv or argv[0] not in suites:
         raise UserError(f"choose a benchmark: {', '.join(suites)}")

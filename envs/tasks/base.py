@@ -250,6 +250,35 @@ def classification_instance(
     # the true rule was learned, so fitting the noise shows up there.
     y_train = flip_labels(y_train, knobs["label_noise"], n_classes, generator)
     model = build_model(model_factory, generator, knobs["init_scale"])
+    return instance_from_splits(
+        family,
+        model,
+        (x_train, y_train, x_val, y_val, x_test, y_test),
+        loss=cross_entropy,
+        accuracy=accuracy,
+        batch_size=batch_size,
+        knobs=knobs,
+        rng=rng,
+    )
+
+
+def instance_from_splits(
+    family: str,
+    model: nn.Module,
+    splits: tuple[torch.Tensor, ...],
+    *,
+    loss: LossFn,
+    batch_size: int,
+    knobs: dict[str, Any],
+    rng: np.random.Generator,
+    accuracy: LossFn | None = None,
+) -> TaskInstance:
+    """Wraps a built model and `(x_train, y_train, x_val, y_val, x_test, y_test)`.
+
+    The horizon comes from `knobs["horizon"]`; the data seed is the last draw from
+    `rng`, so families that call this last keep their draw order.
+    """
+    x_train, y_train, x_val, y_val, x_test, y_test = splits
     return TaskInstance(
         family=family,
         model=model,
@@ -259,7 +288,7 @@ def classification_instance(
         y_val=y_val,
         x_test=x_test,
         y_test=y_test,
-        loss=cross_entropy,
+        loss=loss,
         batch_size=batch_size,
         horizon=knobs["horizon"],
         data_seed=int(rng.integers(2**62)),

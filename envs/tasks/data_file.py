@@ -21,6 +21,7 @@ from hyperpilot.envs.tasks.base import (
     classification_instance,
     draw,
     draw_int,
+    instance_from_splits,
     mlp,
     mse,
     split_rows,
@@ -226,20 +227,14 @@ class DataFile(TaskFamily):
             )
         y_train, y_val, y_test = standardize(y_train, y_val, y_test)
         model = build_model(self._model, generator, knobs["init_scale"])
-        return TaskInstance(
-            family=self.name,
-            model=model,
-            x_train=x_train,
-            y_train=y_train,
-            x_val=x_val,
-            y_val=y_val,
-            x_test=x_test,
-            y_test=y_test,
+        return instance_from_splits(
+            self.name,
+            model,
+            (x_train, y_train, x_val, y_val, x_test, y_test),
             loss=mse,
             batch_size=self.batch_size,
-            horizon=knobs["horizon"],
-            data_seed=int(rng.integers(2**62)),
             knobs=knobs,
+            rng=rng,
         )
 
 

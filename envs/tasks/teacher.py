@@ -15,6 +15,7 @@ from hyperpilot.envs.tasks.base import (
     build_model,
     draw,
     draw_int,
+    instance_from_splits,
     mlp,
     mse,
     torch_generator,
@@ -107,18 +108,12 @@ class MLPTeacher(TaskFamily):
             generator,
             knobs["init_scale"],
         )
-        return TaskInstance(
-            family=self.name,
-            model=model,
-            x_train=x_train,
-            y_train=y_train,
-            x_val=x_val,
-            y_val=y_val,
-            x_test=x_test,
-            y_test=y_test,
+        return instance_from_splits(
+            self.name,
+            model,
+            (x_train, y_train, x_val, y_val, x_test, y_test),
             loss=mse,
             batch_size=self.batch_size,
-            horizon=knobs["horizon"],
-            data_seed=int(rng.integers(2**62)),
             knobs=knobs,
+            rng=rng,
         )

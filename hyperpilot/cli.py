@@ -30,11 +30,15 @@ def configure_process(threads: int = 1) -> None:
 
 
 def bench(argv: Sequence[str] | None = None) -> int:
-    """`hyperpilot bench throughput|quality ...`: runs a benchmark."""
+    """`hyperpilot bench throughput|quality|ablations ...`: runs a benchmark."""
+    from hyperpilot import ablations, quality
     from hyperpilot import bench as benchmarks
-    from hyperpilot import quality
 
-    suites = {"throughput": benchmarks.throughput, "quality": quality.quality}
+    suites = {
+        "throughput": benchmarks.throughput,
+        "quality": quality.quality,
+        "ablations": ablations.ablations,
+    }
     argv = list(argv or [])
     if not argv or argv[0] not in suites:
         raise UserError(f"choose a benchmark: {', '.join(suites)}")

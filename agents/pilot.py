@@ -76,11 +76,11 @@ import torch
 from hyperpilot.bundle import PolicyBundle, load_bundle
 from hyperpilot.envs.actions import Hyperparams, base_schedule, decode_action
 from hyperpilot.envs.features import FeatureTracker
+from hyperpilot.envs.optim import CLIP_EPS
 
 STATE_VERSION: Final = 1
 """Version of `Pilot.state_dict()`; `load_state_dict` refuses others."""
 
-_CLIP_EPS: Final = 1e-6  # as torch.nn.utils.clip_grad_norm_ and envs.optim
 _IMPROVEMENT: Final = 1e-4  # relative validation improvement that resets patience
 _NO_BETAS_BETA1: Final = 0.9  # the beta1 feature of optimizers without betas
 _F64: Final = torch.float64
@@ -287,8 +287,6 @@ class Pilot:
             torch.tensor([clipped and not diverged]),
             torch.tensor([agreement], dtype=_F64),
         )
-        self._prev_grads = {i: self._copy_grad(i, g) for i, g in grads}
-        self._prev_norm = norm
         if diverged:
             self._diverged = True
             return
@@ -296,6 +294,10 @@ class Pilot:
             factor = torch.tensor(coefficient, dtype=_F64)
             for _, grad in grads:
                 grad.mul_(factor.to(grad.device, grad.dtype))
+        # As the engine: the clipped gradient serves as the previous one (a cosine
+        # ignores the clipping factor), with its norm.
+        self._prev_grads = {i: self._copy_grad(i, g) for i, g in grads}
+        self._prev_norm = norm * coefficient
 
     # ------------------------------------------------------------------ status
     @property
@@ -551,7 +553,7 @@ class Pilot:
         norms = [torch.linalg.vector_norm(g).to(device, dtype) for _, g in grads]
         norm = torch.linalg.vector_norm(torch.stack(norms))
         coefficient = torch.clamp(
-            float(self._hparams.clip[0]) / (norm + _CLIP_EPS), max=1.0
+            float(self._hparams.clip[0]) / (norm + CLIP_EPS), max=1.0
         )
         dot = torch.zeros((), dtype=_F64, device=device)
         for index, grad in grads:
@@ -567,7 +569,7 @@ class Pilot:
         return loss_value, norm_value, agreement, coefficient_value
 
     def _copy_grad(self, index: int, grad: torch.Tensor) -> torch.Tensor:
-        """A pre-clip copy of `grad`, reusing the last step's buffer when it fits."""
+        """A copy of the (clipped) `grad`, reusing the last step's buffer when it fits."""
         buffer = self._prev_grads.get(index)
         if (
             buffer is not None

@@ -288,13 +288,15 @@ class BatchedEngine:
             active = running & ~diverged & (self.step_count < self.horizon)
             grad_dot_prev = row_dot(grad, self.prev_grad)
             update_dot += row_dot(grad, self.prev_update).to(torch.float64)
-            self.prev_grad = grad.clone()
-            grad, norm, clipped = clip_by_global_norm(grad, clip)
+            grad, norm, factor = clip_by_global_norm(grad, clip)
             grad_norms[:, i] = norm
             agreement = grad_dot_prev / (norm * self.prev_grad_norm).clamp_min(1e-30)
-            self.prev_grad_norm = norm
+            # A cosine ignores the clipping factor, so the clipped gradient serves as
+            # the previous one: no copy of the gradients per step.
+            self.prev_grad = grad
+            self.prev_grad_norm = norm * factor
             self.prev_update = self.adam.step(self.flat_params, grad, lr, beta1, active)
-            self.tracker.record_step(loss, norm, clipped & active, agreement)
+            self.tracker.record_step(loss, norm, (factor < 1.0) & active, agreement)
             self.step_count += active.long()
         with torch.no_grad():
             finite = self.flat_params.isfinite().all(1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 # clip_grad_norm_ divides by (total_norm + 1e-6); we use the same constant.
-_CLIP_EPS = 1e-6
+CLIP_EPS = 1e-6
 
 
 def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -30,13 +30,13 @@ def clip_by_global_norm(
         max_norm: `[N]` thresholds.
 
     Returns:
-        The clipped gradients, the `[N]` norms before clipping, and a `[N]` bool
-        that says which runs were clipped.
+        The clipped gradients, the `[N]` norms before clipping, and the `[N]` factors
+        they were scaled by (below 1 where a run was clipped).
     """
     norm = torch.linalg.vector_norm(grad, dim=1)
-    coefficient = torch.clamp(max_norm / (norm + _CLIP_EPS), max=1.0)
+    coefficient = torch.clamp(max_norm / (norm + CLIP_EPS), max=1.0)
     grad.mul_(coefficient[:, None])
-    return grad, norm, coefficient < 1.0
+    return grad, norm, coefficient
 
 
 class BatchedAdam:

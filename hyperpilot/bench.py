@@ -96,7 +96,7 @@ def throughput(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--dummy-max-n",
         type=int,
-        default=64,
+        default=256,
         help="largest N for the (slow) DummyVecEnv arm",
     )
     parser.add_argument(

@@ -36,6 +36,10 @@ def test_wheel_holds_the_subpackages_and_the_task_splits(tmp_path):
         "hyperpilot/agents/__init__.py",
         "hyperpilot/configs/tasks/train.yaml",
         "hyperpilot/configs/tasks/heldout.yaml",
+        "hyperpilot/configs/train/smoke.yaml",
+        "hyperpilot/configs/eval/heldout.yaml",
+        "hyperpilot/pretrained/default/pilot.json",
+        "hyperpilot/pretrained/default/actor.safetensors",
     ):
         assert module in names, module
     assert not any(name.startswith(("envs/", "agents/")) for name in names)

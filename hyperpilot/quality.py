@@ -193,11 +193,14 @@ def _append(
 ) -> None:
     training = bundle.meta.get("training", {})
     timesteps = int(training.get("timesteps", 0))
-    cost = f"{timesteps:,} meta-env steps = {timesteps * bundle.decision_interval:,} inner steps"
+    cost = (
+        f"checkpoint at {timesteps:,} meta-env steps = "
+        f"{timesteps * bundle.decision_interval:,} inner steps"
+    )
     if args.train_run is not None and (args.train_run / "progress.csv").is_file():
         with (args.train_run / "progress.csv").open() as handle:
             elapsed = [float(r["time/time_elapsed"]) for r in csv.DictReader(handle)]
-        cost += f", {elapsed[-1] / 60:.1f} min wall time"
+        cost += f"; the whole run took {elapsed[-1] / 60:.1f} min wall time"
     text = (
         f"\n## Quality on `{args.suite}`, {datetime.date.today().isoformat()}\n\n"
         f"- command: `{command}`\n"

@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
@@ -24,6 +25,7 @@ from hyperpilot.agents.callbacks import (
 from hyperpilot.agents.checkpoints import (
     Checkpoint,
     find_checkpoint,
+    list_checkpoints,
     restore_rng,
     save_checkpoint,
 )
@@ -31,8 +33,12 @@ from hyperpilot.agents.rollout import EpisodeTrace, first_episodes
 from hyperpilot.bundle import BundleError, PolicyBundle, load_bundle, save_bundle
 from hyperpilot.config import TrainConfig
 from hyperpilot.envs import BatchedTrainingVecEnv
+from hyperpilot.envs.ray_vec_env import WorkerDiedError
 from hyperpilot.envs.settings import EnvSettings
 from hyperpilot.envs.tasks.splits import load_split
+
+if TYPE_CHECKING:
+    from hyperpilot.ray_backend import RayOptions
 
 PILOT = "pilot"
 PILOT_BEST = "pilot-best"
@@ -47,6 +53,8 @@ class TrainResult:
     timesteps: int
     checkpoint: Checkpoint
     interrupted_by: int | None = None
+    worker_died: str | None = None
+    """Why the run ended early when a Ray worker died (the checkpoint is kept)."""
 
 
 def default_clip(settings: EnvSettings) -> float:
@@ -64,9 +72,24 @@ def settings_kwargs(settings: EnvSettings, **changes: object) -> dict[str, objec
     return {**values, **changes}
 
 
-def build_venv(config: TrainConfig, run_dir: Path, monitor_name: str) -> VecEnv:
-    """The training VecEnv: batched runs, `VecMonitor`, and optionally `VecNormalize`."""
-    venv = BatchedTrainingVecEnv(**config.env.venv_kwargs(config.run.device))
+def build_venv(
+    config: TrainConfig,
+    run_dir: Path,
+    monitor_name: str,
+    backend: RayOptions | None = None,
+) -> VecEnv:
+    """The training VecEnv: batched runs, `VecMonitor`, and optionally `VecNormalize`.
+
+    With `backend` the runs go to Ray actors (`RayVecEnv`); the wrappers are the same.
+    """
+    if backend is None:
+        venv = BatchedTrainingVecEnv(**config.env.venv_kwargs(config.run.device))
+    else:
+        from hyperpilot.envs.ray_vec_env import RayVecEnv
+
+        # Validated for the driver's CPU: the workers resolve the device themselves.
+        kwargs = {**config.env.venv_kwargs("cpu"), "device": config.run.device}
+        venv = RayVecEnv(**kwargs, **backend.venv_kwargs())
     (run_dir / "monitor").mkdir(parents=True, exist_ok=True)
     venv = VecMonitor(
         venv,
@@ -228,6 +251,7 @@ def train(
     command: str,
     resume: bool = False,
     init_from: PolicyBundle | None = None,
+    backend: RayOptions | None = None,
 ) -> TrainResult:
     """Meta-trains (or resumes) a pilot; writes everything under `run_dir`.
 
@@ -237,6 +261,8 @@ def train(
         command: The command line, stored in the bundles.
         resume: Continue from the newest checkpoint in `run_dir`.
         init_from: A bundle (checked with `check_init_bundle`) to start the actor from.
+        backend: Ray options: the inner runs go to Ray actors (`RayVecEnv`). When
+            one dies, the run ends with a checkpoint and `worker_died` set.
 
     Raises:
         ValueError: For a run folder without checkpoints when resuming.
@@ -244,14 +270,14 @@ def train(
     if resume:
         checkpoint = find_checkpoint(run_dir)
         suffix = f"_resume{checkpoint.step}"
-        venv = build_venv(config, run_dir, f"resume{checkpoint.step}")
+        venv = build_venv(config, run_dir, f"resume{checkpoint.step}", backend)
         if checkpoint.vecnormalize is not None:
             venv = VecNormalize.load(str(checkpoint.vecnormalize), venv.venv)
         model = PPO.load(checkpoint.model, env=venv, device=config.run.policy_device)
         restore_rng(checkpoint)
     else:
         suffix = ""
-        venv = build_venv(config, run_dir, "train")
+        venv = build_venv(config, run_dir, "train", backend)
         model = PPO(
             "MlpPolicy",
             venv,
@@ -289,15 +315,28 @@ def train(
             ),
         )
     remaining = config.run.total_timesteps - model.num_timesteps
+    died = None
     if remaining > 0:
-        model.learn(
-            total_timesteps=remaining,
-            callback=CallbackList(callbacks),
-            reset_num_timesteps=not resume,
-            progress_bar=config.logging.progress_bar,
-        )
-    checkpoint = save_checkpoint(run_dir, model, config.logging.keep_checkpoints)
-    if stop.received is None:
+        try:
+            model.learn(
+                total_timesteps=remaining,
+                callback=CallbackList(callbacks),
+                reset_num_timesteps=not resume,
+                progress_bar=config.logging.progress_bar,
+            )
+        except WorkerDiedError as error:
+            # The policy and statistics on the driver are whole: keep them, as a
+            # signal would, and let the caller say how to resume.
+            died = str(error)
+            stop.on_training_end()  # restores the signal handlers
+    newest = list_checkpoints(run_dir)[:1]
+    if died is not None and newest and newest[0].step == model.num_timesteps:
+        checkpoint = newest[0]  # nothing happened since: keep it as it is
+    else:
+        checkpoint = save_checkpoint(run_dir, model, config.logging.keep_checkpoints)
+    if stop.received is None and died is None:
         export_pilot(model, config, run_dir / PILOT, command, obs_stats(venv))
     venv.close()
-    return TrainResult(run_dir, int(model.num_timesteps), checkpoint, stop.received)
+    return TrainResult(
+        run_dir, int(model.num_timesteps), checkpoint, stop.received, died
+    )

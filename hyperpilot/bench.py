@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
+import os
 import platform
 import shlex
 import time
@@ -117,7 +118,21 @@ def throughput(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="also measure BatchedTrainingVecEnv with torch.compile (slow to start)",
     )
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: compare the local BatchedTrainingVecEnv with RayVecEnv instead",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="Ray actors of the ray arm (default 2)"
+    )
+    parser.add_argument(
+        "--ray-address", metavar="ADDR", help="join this Ray cluster (default: local)"
+    )
     args = parser.parse_args(argv)
+    if args.backend == "ray":
+        return ray_throughput(args, argv)
 
     from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -163,6 +178,90 @@ def throughput(argv: Sequence[str] | None = None) -> int:
     _append_markdown(args.out, command.strip(), rows, k, ppo_line, args.device)
     print(f"appended to {args.out}")
     return 0
+
+
+def ray_throughput(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    """Seconds per decision window: local `BatchedTrainingVecEnv` vs `RayVecEnv`.
+
+    Both arms run the same problem and N; the Ray arm cuts the bucket among
+    `min(workers, N)` actors (with `--device cuda`, one GPU each).
+    """
+    from hyperpilot import ray_backend
+    from hyperpilot.cli import configure_process
+    from hyperpilot.envs import BatchedTrainingVecEnv
+    from hyperpilot.envs.ray_vec_env import RayVecEnv
+
+    configure_process()
+    k = 10
+    settings = {"device": args.device, "decision_interval": k}
+    gpus = 1.0 if args.device.startswith("cuda") else 0.0
+    started = ray_backend.connect(args.ray_address)
+    rows = []
+    try:
+        for n in (int(v) for v in args.n.split(",")):
+            local = BatchedTrainingVecEnv(
+                family=FAMILY, family_kwargs=FAMILY_KWARGS, n=n, **settings
+            )
+            row = RayRow(n, k, min(args.workers, n))
+            row.local = _timed(_env_step(local, n, 3), args.seconds)
+            remote = RayVecEnv(
+                family=FAMILY,
+                family_kwargs=FAMILY_KWARGS,
+                n=n,
+                workers=row.workers,
+                gpus_per_worker=gpus,
+                **settings,
+            )
+            try:
+                row.ray = _timed(_env_step(remote, n, 3), args.seconds)
+            finally:
+                remote.close()
+            rows.append(row)
+            print(row.markdown(), flush=True)
+    finally:
+        if started:
+            ray_backend.shutdown()
+    command = "hyperpilot bench throughput " + " ".join(map(shlex.quote, argv or []))
+    header = (
+        f"\n## Ray throughput, {datetime.date.today().isoformat()}\n\n"
+        f"- command: `{command.strip()}`\n"
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPU(s), "
+        f"{platform.processor() or 'cpu'}, device {args.device}, torch "
+        f"{torch.__version__}; one torch thread per process; Ray workers hold "
+        "1 CPU each\n"
+        f"- problem: {FAMILY} {FAMILY_KWARGS}, K={k}; the Ray arm cuts the one "
+        "bucket of N runs among its workers\n\n"
+        f"{RayRow.HEADER}\n"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    with args.out.open("a") as handle:
+        handle.write(header + "\n".join(r.markdown() for r in rows) + "\n")
+    print(f"appended to {args.out}")
+    return 0
+
+
+@dataclass
+class RayRow:
+    """Seconds per decision window of the local and the Ray arm."""
+
+    n: int
+    k: int
+    workers: int
+    local: float = math.nan
+    ray: float = math.nan
+
+    HEADER: ClassVar[str] = (
+        "| N | Ray workers | local inner steps/s | Ray inner steps/s | Ray vs local | "
+        "local ms/window | Ray ms/window |\n|---|---|---|---|---|---|---|"
+    )
+
+    def markdown(self) -> str:
+        """The row of the table."""
+        return (
+            f"| {self.n} | {self.workers} | {self.n * self.k / self.local:,.0f} | "
+            f"{self.n * self.k / self.ray:,.0f} | {self.local / self.ray:.2f}x | "
+            f"{self.local * 1e3:.1f} | {self.ray * 1e3:.1f} |"
+        )
 
 
 def ppo_env_share(timesteps: int, settings: dict) -> tuple[float, float]:

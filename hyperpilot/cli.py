@@ -29,6 +29,65 @@ def configure_process(threads: int = 1) -> None:
     torch.set_flush_denormal(True)
 
 
+def add_backend_flags(
+    parser: argparse.ArgumentParser, workers_help: str
+) -> argparse._ArgumentGroup:
+    """`--backend`, `--workers` and `--ray-address`: where the work runs.
+
+    Returns:
+        The argument group, for command-specific Ray flags.
+    """
+    group = parser.add_argument_group(
+        "scale out with Ray (pip install 'hyperpilot[ray]')"
+    )
+    group.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this process (default); ray: Ray actors or tasks",
+    )
+    group.add_argument("--workers", type=int, metavar="W", help=workers_help)
+    group.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help="join the Ray cluster at ADDR (HEAD:6379); default: start a local Ray",
+    )
+    return group
+
+
+def check_backend(args: argparse.Namespace, ray_only: Sequence[str] = ()) -> None:
+    """One-line errors for Ray flags without `--backend ray`, or Ray missing.
+
+    Args:
+        args: Parsed arguments with `backend`, `workers`, `ray_address`.
+        ray_only: Further attribute names that only go with `--backend ray`.
+    """
+    names = ("workers", "ray_address", *ray_only)
+    given = [n for n in names if getattr(args, n, None) is not None]
+    if args.backend != "ray":
+        if given:
+            flags = " and ".join("--" + n.replace("_", "-") for n in given)
+            verb = "goes" if len(given) == 1 else "go"
+            raise UserError(f"{flags} {verb} with --backend ray")
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise UserError("the Ray backend needs Ray: pip install 'hyperpilot[ray]'")
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"--workers must be >= 1, got {args.workers}")
+
+
+def connect_ray(address: str | None) -> bool:
+    """Joins (or starts) Ray; True when this call started it (shut it down after)."""
+    from hyperpilot import ray_backend
+
+    try:
+        return ray_backend.connect(address)
+    except ConnectionError as error:
+        raise UserError(str(error)) from None
+
+
 def bench(argv: Sequence[str] | None = None) -> int:
     """`hyperpilot bench throughput|quality|ablations ...`: runs a benchmark."""
     from hyperpilot import ablations, quality
@@ -92,7 +151,20 @@ def train(argv: Sequence[str] | None = None) -> int:
         metavar="BUNDLE",
         help="start the actor from a saved pilot bundle (fine-tuning)",
     )
+    ray_flags = add_backend_flags(
+        parser, "Ray actors hosting the inner runs (needed with --backend ray)"
+    )
+    ray_flags.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        metavar="G",
+        help="GPUs each Ray actor reserves (default 0: CPU actors); the actor's "
+        "buckets spread over its GPUs",
+    )
     args = parser.parse_args(argv)
+    check_backend(args, ray_only=("gpus_per_worker",))
+    if args.backend == "ray" and args.workers is None:
+        raise UserError("--backend ray needs --workers W")
     from hyperpilot.config import ConfigError, dump_config, load_config
 
     overrides = list(args.set)
@@ -140,6 +212,20 @@ def train(argv: Sequence[str] | None = None) -> int:
             init_from = check_init_bundle(config, args.init_from)
     except BundleError as error:
         raise UserError(str(error)) from None
+    backend = None
+    started_ray = False
+    if args.backend == "ray":
+        from hyperpilot.ray_backend import RayOptions, check_options
+
+        backend = RayOptions(
+            args.workers, args.gpus_per_worker or 0.0, args.ray_address
+        )
+        started_ray = connect_ray(args.ray_address)
+        try:
+            check_options(backend, config.env.buckets(), config.run.device)
+        except ValueError as error:
+            _shutdown_ray(started_ray)
+            raise UserError(str(error)) from None
     command = shlex.join(["hyperpilot", "train", *(argv or sys.argv[2:])])
     if args.resume is None:
         run_dir.mkdir(parents=True)
@@ -148,13 +234,28 @@ def train(argv: Sequence[str] | None = None) -> int:
     else:
         command = (run_dir / "command.txt").read_text().strip()
     print(f"run folder: {run_dir}", flush=True)
-    result = run_training(
-        config,
-        run_dir,
-        command=command,
-        resume=args.resume is not None,
-        init_from=init_from,
-    )
+    try:
+        result = run_training(
+            config,
+            run_dir,
+            command=command,
+            resume=args.resume is not None,
+            init_from=init_from,
+            backend=backend,
+        )
+    finally:
+        _shutdown_ray(started_ray)
+    if result.worker_died is not None:
+        again = shlex.join(
+            ["hyperpilot", "train", "--resume", str(run_dir), *backend.flags()]
+        )
+        print(
+            f"hyperpilot train: error: {result.worker_died}; checkpoint at step "
+            f"{result.checkpoint.step} kept in {result.checkpoint.path}; resume "
+            f"with: {again}",
+            file=sys.stderr,
+        )
+        return 1
     if result.interrupted_by is not None:
         print(
             f"stopped at step {result.timesteps}; checkpoint saved in "
@@ -166,6 +267,13 @@ def train(argv: Sequence[str] | None = None) -> int:
     print(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
     print(f"run folder: {run_dir}")
     return 0
+
+
+def _shutdown_ray(started: bool) -> None:
+    if started:
+        from hyperpilot import ray_backend
+
+        ray_backend.shutdown()
 
 
 def export(argv: Sequence[str] | None = None) -> int:
@@ -278,7 +386,14 @@ def evaluate(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-progress", action="store_true", help="no progress bar (logs, CI)"
     )
+    add_backend_flags(
+        parser,
+        "with --backend ray: jobs in flight at once (default: as many as Ray has CPUs)",
+    )
     args = parser.parse_args(argv)
+    check_backend(args)
+    if args.backend == "ray" and args.device != "cpu":
+        raise UserError("--backend ray runs evaluation jobs on CPUs; drop --device")
     configure_process()
 
     import yaml
@@ -333,16 +448,26 @@ def evaluate(argv: Sequence[str] | None = None) -> int:
             f"{', '.join(methods)}\noutput folder: {out}",
             flush=True,
         )
-        records = ev.evaluate(
-            args.pilot,
-            tasks,
-            seeds,
-            methods,
-            out,
-            args.init_lr,
-            args.device,
-            progress=not args.no_progress,
-        )
+        runner, started_ray = None, False
+        if args.backend == "ray":
+            from hyperpilot.ray_backend import job_runner
+
+            runner = job_runner(args.workers)
+            started_ray = connect_ray(args.ray_address)
+        try:
+            records = ev.evaluate(
+                args.pilot,
+                tasks,
+                seeds,
+                methods,
+                out,
+                args.init_lr,
+                args.device,
+                progress=not args.no_progress,
+                runner=runner,
+            )
+        finally:
+            _shutdown_ray(started_ray)
     except (BundleError, ValueError, yaml.YAMLError) as error:
         raise UserError(str(error).splitlines()[0]) from None
     rows = report.method_rows(records, methods)

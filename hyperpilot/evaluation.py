@@ -332,6 +332,52 @@ def save_record(path: Path, record: dict[str, Any]) -> None:
     os.replace(temp, path)
 
 
+@dataclass
+class JobComputer:
+    """Computes one job and caches its record: what a `runner` calls per job.
+
+    A local runner calls it (`compute(job)`); a scale-out runner may call its two
+    halves apart: `run_job(**compute.arguments(job))` anywhere, then
+    `compute.finish(job, record)` here, which caches the record as a local run does.
+    """
+
+    bundle: PolicyBundle
+    init_lr: float
+    device: str
+    out: Path
+    records: dict[tuple, dict]
+    """Records finished so far (the replay control reads the pilot's)."""
+
+    def arguments(self, job: Job) -> dict[str, Any]:
+        """The keyword arguments of `run_job` for `job`."""
+        replay = None
+        if job.run == "replay":
+            pilot_runs = [
+                r
+                for (task, _, run), r in self.records.items()
+                if run == "pilot" and task == job.task.label
+            ]
+            replay = baselines.median_schedule(
+                [{k: r[k] for k in ("lr", "beta1", "clip")} for r in pilot_runs]
+            )
+        return {
+            "job": job,
+            "bundle": self.bundle,
+            "init_lr": self.init_lr,
+            "device": self.device,
+            "replay": replay,
+        }
+
+    def finish(self, job: Job, record: dict[str, Any]) -> dict[str, Any]:
+        """Caches `record` in the output folder and returns it."""
+        save_record(job.path(self.out), record)
+        return record
+
+    def __call__(self, job: Job) -> dict[str, Any]:
+        """Runs `job` here and caches its record."""
+        return self.finish(job, run_job(**self.arguments(job)))
+
+
 def evaluate(
     bundle_ref: str,
     tasks: Sequence[EvalTask],
@@ -341,7 +387,7 @@ def evaluate(
     init_lr: float = 1e-3,
     device: str = "cpu",
     progress: bool = True,
-    runner: Callable[[list[Job], Callable[[Job], dict]], list[dict]] | None = None,
+    runner: Callable[..., list[dict]] | None = None,
 ) -> list[dict[str, Any]]:
     """Runs (or reuses) every job and returns all records.
 
@@ -354,7 +400,9 @@ def evaluate(
         init_lr: Every run starts from this lr (beta1 0.9, the bundle's clip).
         device: Where the inner runs go.
         progress: Show a progress bar.
-        runner: Maps the pending jobs to records (default: one after another here).
+        runner: `runner(jobs, compute, progress=...)` maps the pending jobs to
+            records, calling the `JobComputer` `compute` per job (default: one
+            after another here; `hyperpilot.ray_backend.job_runner` fans out).
     """
     bundle = load_bundle(bundle_ref)
     out.mkdir(parents=True, exist_ok=True)
@@ -369,21 +417,7 @@ def evaluate(
     first = [job for job in pending if job.run != "replay"]
     replays = [job for job in pending if job.run == "replay"]
 
-    def compute(job: Job) -> dict:
-        replay = None
-        if job.run == "replay":
-            pilot_runs = [
-                r
-                for (task, _, run), r in records.items()
-                if run == "pilot" and task == job.task.label
-            ]
-            replay = baselines.median_schedule(
-                [{k: r[k] for k in ("lr", "beta1", "clip")} for r in pilot_runs]
-            )
-        record = run_job(job, bundle, init_lr, device, replay)
-        save_record(job.path(out), record)
-        return record
-
+    compute = JobComputer(bundle, init_lr, device, out, records)
     run_all = runner or _run_here
     for batch in (first, replays):
         if batch:

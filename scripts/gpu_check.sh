@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check (under 5 minutes on one GPU): an engine step and the Adam-parity tests on
-# CUDA, then the batched throughput benchmark up to N=4096. Runs from the source tree,
+# CUDA, meta-training's smoke config on CUDA for 3200 steps, then the batched throughput
+# benchmark up to N=4096. Runs from the source tree,
 # with no install: gymnasium and stable-baselines3 may come as wheels in .whl/
 # (see the device tool's README). Results go to ${OUT:-gpu_check_out}/.
 #   DEVICE=cpu scripts/gpu_check.sh   # a dry run of the same steps on the CPU
@@ -45,6 +46,13 @@ if [ "$DEVICE" = cuda ]; then
 else
   python3 -m pytest -q -p no:cacheprovider tests/test_optim.py -k cpu 2>&1 | tee "$OUT/parity.txt"
 fi
-timeout 200 python3 -m hyperpilot.cli bench throughput --device "$DEVICE" \
+# Meta-training end to end with the inner runs on the device (PPO stays on the CPU).
+timeout 90 python3 -m hyperpilot.cli train --config smoke --device "$DEVICE" \
+  --total-timesteps 3200 --runs-root "$OUT/runs" --run-name smoke_$DEVICE \
+  --set logging.progress_bar=false 2>&1 | tee "$OUT/train.txt"
+test -f "$OUT/runs/smoke_$DEVICE/pilot/pilot.json"
+{ head -n 1; tail -n 1; } <"$OUT/runs/smoke_$DEVICE/progress.csv" >>"$OUT/train.txt"
+
+timeout 170 python3 -m hyperpilot.cli bench throughput --device "$DEVICE" \
   --n 64,256,1024,4096 --dummy-max-n 8 --seconds 2 --ppo-timesteps 0 \
   --out "$OUT/BENCHMARKS-gpu.md" 2>&1 | tee "$OUT/bench.txt"

@@ -7,9 +7,8 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor, VecNormali
 from hyperpilot.envs import BatchedTrainingVecEnv, InnerTrainingEnv
 
 N = 4
-
-
-@pytest.mark.parametrize(
+# The VecEnv contract, shared with tests/test_ray.py (RayVecEnv must pass it too).
+CONTRACT_CASES = pytest.mark.parametrize(
     ("family", "settings"),
     [
         ("quadratic_2d", {}),
@@ -21,14 +20,29 @@ N = 4
     ],
     ids=["quadratic", "residual-val-drop", "teacher-with-divergence"],
 )
+
+
+@CONTRACT_CASES
 def test_vec_env_matches_a_dummy_vec_env_of_single_envs(family, settings):
+    check_matches_single_envs(BatchedTrainingVecEnv, family, settings)
+
+
+def check_matches_single_envs(make_venv, family, settings, steps=25):
+    """`make_venv(family=..., n=N, ...)` steps like a DummyVecEnv of single envs."""
     # float64, so that batching cannot flip a divergence decision by rounding
     settings = {"dtype": "float64", **settings}
     family_kwargs = settings.pop("family_kwargs", None)
-    batched = BatchedTrainingVecEnv(
+    batched = make_venv(
         family=family, family_kwargs=family_kwargs, n=N, device="cpu", **settings
     )
-    reference = DummyVecEnv(
+    try:
+        compare_vec_envs(batched, _single_envs(family, family_kwargs, settings), steps)
+    finally:
+        batched.close()
+
+
+def _single_envs(family, family_kwargs, settings):
+    return DummyVecEnv(
         [
             lambda: Monitor(
                 InnerTrainingEnv(
@@ -38,13 +52,17 @@ def test_vec_env_matches_a_dummy_vec_env_of_single_envs(family, settings):
         ]
         * N
     )
+
+
+def compare_vec_envs(batched, reference, steps, n=N):
+    """Same observations, rewards, dones and infos for the same seeds and actions."""
     batched.seed(11)
     reference.seed(11)
     np.testing.assert_allclose(batched.reset(), reference.reset(), rtol=1e-7, atol=1e-7)
     rng = np.random.default_rng(0)
     episodes_seen = 0
-    for _ in range(25):
-        actions = rng.uniform(-1, 1, (N, 3)).astype(np.float32)
+    for _ in range(steps):
+        actions = rng.uniform(-1, 1, (n, 3)).astype(np.float32)
         obs, rewards, dones, infos = batched.step(actions)
         ref_obs, ref_rewards, ref_dones, ref_infos = reference.step(actions)
         np.testing.assert_allclose(obs, ref_obs, rtol=1e-7, atol=1e-7)
@@ -65,7 +83,8 @@ def test_vec_env_matches_a_dummy_vec_env_of_single_envs(family, settings):
                     assert info[key] == pytest.approx(value, rel=1e-7, abs=1e-9)
                 else:
                     assert info[key] == value, key
-    assert episodes_seen >= N
+    assert episodes_seen >= n
+    return episodes_seen
 
 
 def test_buckets_from_a_split_and_from_groups():
@@ -112,10 +131,14 @@ def test_bad_actions_are_refused():
 
 
 def test_ppo_learns_on_it_under_vec_monitor_and_vec_normalize():
-    venv = VecNormalize(
-        VecMonitor(BatchedTrainingVecEnv(family="quadratic_2d", n=8, device="cpu"))
-    )
+    check_ppo_learns(BatchedTrainingVecEnv(family="quadratic_2d", n=8, device="cpu"))
+
+
+def check_ppo_learns(env):
+    """PPO runs on `env` (8 runs of quadratic_2d) under VecMonitor and VecNormalize."""
+    venv = VecNormalize(VecMonitor(env))
     model = PPO("MlpPolicy", venv, n_steps=8, batch_size=32, n_epochs=1, seed=0)
     model.learn(total_timesteps=128)
     assert model.num_timesteps >= 128
     assert len(model.ep_info_buffer) >= 8  # episodes of 10 decisions finished
+    venv.close()

@@ -146,6 +146,12 @@ class BatchedEngine:
         self.last_val = torch.ones(n, device=self.device, dtype=torch.float64)
         self.best_val = torch.ones(n, device=self.device, dtype=torch.float64)
         self.prev_grad = torch.zeros_like(self.flat_params)
+        # Two gradient buffers used in turn: this step's and the previous one.
+        self._grad_buffers = (
+            torch.empty_like(self.flat_params),
+            torch.empty_like(self.flat_params),
+        )
+        self._parity = 0
         self.prev_grad_norm = torch.zeros(n, **kw)
         self.prev_update = torch.zeros_like(self.flat_params)
         n_rows = len(instance.x_train)
@@ -279,7 +285,12 @@ class BatchedEngine:
             x = self._train_rows(self.data["x_train"], rows)
             y = self._train_rows(self.data["y_train"], rows)
             grads, loss = self._grad_fn(self.params, x, y)
-            grad = torch.cat([g.reshape(self.n, -1) for g in grads.values()], dim=1)
+            self._parity ^= 1
+            grad = torch.cat(
+                [g.reshape(self.n, -1) for g in grads.values()],
+                dim=1,
+                out=self._grad_buffers[self._parity],
+            )
             loss = loss.detach()
             first = self.tracker.first_loss
             limit = torch.where(torch.isnan(first), math.inf, limit_factor * first)

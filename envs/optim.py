@@ -49,6 +49,10 @@ class BatchedAdam:
         self.eps = eps
         self.exp_avg = torch.zeros_like(params)
         self.exp_avg_sq = torch.zeros_like(params)
+        # Work buffers, reused every step: large CPU allocations are not cached, and
+        # allocating fresh [N, P] tensors each step cost page faults.
+        self._denom = torch.empty_like(params)
+        self._update = torch.zeros_like(params)
         self.steps = torch.zeros(len(params), dtype=torch.float64, device=params.device)
 
     def reset_runs(self, runs: torch.Tensor) -> None:
@@ -71,7 +75,8 @@ class BatchedAdam:
         steps, and the bias correction uses the current `beta1`, as PyTorch does.
 
         Returns:
-            The `[N, P]` parameter change of this step.
+            The `[N, P]` parameter change of this step (a buffer that the next step
+            overwrites).
         """
         self.steps += active.to(self.steps.dtype)
         steps = self.steps.clamp(min=1.0)
@@ -89,7 +94,9 @@ class BatchedAdam:
             new_sq = self.exp_avg_sq * self.beta2 + (1 - self.beta2) * grad * grad
             self.exp_avg.copy_(torch.where(keep, new_avg, self.exp_avg))
             self.exp_avg_sq.copy_(torch.where(keep, new_sq, self.exp_avg_sq))
-        denom = (self.exp_avg_sq.sqrt() / bias_correction2_sqrt[:, None]).add_(self.eps)
-        update = (self.exp_avg / denom).mul_(-step_size[:, None])
+        denom = torch.sqrt(self.exp_avg_sq, out=self._denom)
+        denom.div_(bias_correction2_sqrt[:, None]).add_(self.eps)
+        update = torch.div(self.exp_avg, denom, out=self._update)
+        update.mul_(-step_size[:, None])
         params.add_(update)
         return update

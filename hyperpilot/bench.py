@@ -23,14 +23,22 @@ FAMILY = "mlp_digits"
 FAMILY_KWARGS = {"width": 128, "depth": 1, "batch_size": 128, "horizon": 10_000}
 
 
-def _timed(fn: Callable[[], None], min_seconds: float, min_calls: int = 2) -> float:
-    """Seconds per call of `fn`, after one warm-up call."""
-    fn()
-    calls, start = 0, time.perf_counter()
-    while calls < min_calls or time.perf_counter() - start < min_seconds:
+def _timed(arms: dict[str, Callable[[], None]], min_seconds: float) -> dict[str, float]:
+    """Median seconds per call of each arm, measured in interleaved rounds.
+
+    Arms take turns (one call each per round, after one warm-up call), so a drift of
+    the machine's speed during the measurement hits every arm alike; rounds go on
+    until every arm has run at least `min_seconds` and three calls.
+    """
+    for fn in arms.values():
         fn()
-        calls += 1
-    return (time.perf_counter() - start) / calls
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    while any(len(t) < 3 or sum(t) < min_seconds for t in times.values()):
+        for name, fn in arms.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def raw_batched_loop(n: int, k: int) -> Callable[[], None]:
@@ -144,11 +152,13 @@ def throughput(argv: Sequence[str] | None = None) -> int:
     settings = {"device": args.device, "decision_interval": k}
     rows = []
     for n in (int(v) for v in args.n.split(",")):
-        row = Row(n, k, raw=_timed(raw_batched_loop(n, k), args.seconds))
         batched_env = BatchedTrainingVecEnv(
             family=FAMILY, family_kwargs=FAMILY_KWARGS, n=n, **settings
         )
-        row.batched = _timed(_env_step(batched_env, n, 3), args.seconds)
+        arms = {
+            "raw": raw_batched_loop(n, k),
+            "batched": _env_step(batched_env, n, 3),
+        }
         if args.compiled:
             compiled_env = BatchedTrainingVecEnv(
                 family=FAMILY,
@@ -157,12 +167,13 @@ def throughput(argv: Sequence[str] | None = None) -> int:
                 compile=True,
                 **settings,
             )
-            row.compiled = _timed(_env_step(compiled_env, n, 3), args.seconds)
+            arms["compiled"] = _env_step(compiled_env, n, 3)
         if n <= args.dummy_max_n:
             dummy_env = DummyVecEnv(
                 [lambda: InnerTrainingEnv(FAMILY, FAMILY_KWARGS, **settings)] * n
             )
-            row.dummy = _timed(_env_step(dummy_env, n, 3), args.seconds)
+            arms["dummy"] = _env_step(dummy_env, n, 3)
+        row = Row(n, k, **_timed(arms, args.seconds))
         rows.append(row)
         print(row.markdown(), flush=True)
 
@@ -203,7 +214,6 @@ def ray_throughput(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
                 family=FAMILY, family_kwargs=FAMILY_KWARGS, n=n, **settings
             )
             row = RayRow(n, k, min(args.workers, n))
-            row.local = _timed(_env_step(local, n, 3), args.seconds)
             remote = RayVecEnv(
                 family=FAMILY,
                 family_kwargs=FAMILY_KWARGS,
@@ -213,7 +223,9 @@ def ray_throughput(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
                 **settings,
             )
             try:
-                row.ray = _timed(_env_step(remote, n, 3), args.seconds)
+                arms = {"local": _env_step(local, n, 3), "ray": _env_step(remote, n, 3)}
+                timed = _timed(arms, args.seconds)
+                row.local, row.ray = timed["local"], timed["ray"]
             finally:
                 remote.close()
             rows.append(row)

@@ -20,3 +20,26 @@ def test_user_errors_exit_2_with_one_line(capsys):
     assert main(["bench", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "throughput" in err[0]
+
+
+def test_throughput_benchmark_writes_its_table(tmp_path):
+    out = tmp_path / "bench.md"
+    args = [
+        "bench",
+        "throughput",
+        "--n",
+        "1,2",
+        "--seconds",
+        "0",
+        "--ppo-timesteps",
+        "0",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    table = out.read_text()
+    assert "- command: `hyperpilot bench throughput --n 1,2" in table
+    (row,) = [line for line in table.splitlines() if line.startswith("| 1 |")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert "-" not in cells[:7]  # raw, DummyVecEnv and batched arms all measured
+    assert cells[7] == "-"  # compiled only with --compiled

@@ -258,3 +258,22 @@ def test_evaluate_with_ray_tasks_equals_the_local_run(tiny_bundle, tmp_path):
         _assert_close(remote[name], local[name], name)
     results = json.loads((tmp_path / "ray" / "results.json").read_text())
     assert set(results["summary"]) == {"pilot", "constant", "replay"}
+
+
+def test_throughput_benchmark_compares_local_and_ray(tmp_path):
+    out = tmp_path / "bench.md"
+    args = [
+        "bench",
+        "throughput",
+        "--backend",
+        "ray",
+        "--n",
+        "2",
+        "--seconds",
+        "0",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    table = out.read_text()
+    assert "## Ray throughput" in table and "\n| 2 | 2 |" in table

@@ -19,16 +19,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import (
-    VecEnvIndices,
     VecEnvStepReturn,
 )
 
 from hyperpilot.envs.settings import EnvSettings
 from hyperpilot.envs.tasks.base import TaskFamily
 from hyperpilot.envs.training_env import action_space, check_action, observation_space
-from hyperpilot.envs.vec_env import BatchedTrainingVecEnv, Group, groups_from
+from hyperpilot.envs.vec_env import (
+    BatchedTrainingVecEnv,
+    Group,
+    SharedRunsVecEnv,
+    groups_from,
+)
 
 RAY_MISSING = "the Ray backend needs Ray: pip install 'hyperpilot[ray]'"
 
@@ -253,7 +256,7 @@ class BucketWorker:
 
 
 # ---------------------------------------------------------- the driver env
-class RayVecEnv(VecEnv):
+class RayVecEnv(SharedRunsVecEnv):
     """`BatchedTrainingVecEnv`'s buckets in W Ray actors, as one SB3 VecEnv.
 
     Results equal the local VecEnv's for the same seeds and actions (within float
@@ -445,30 +448,3 @@ class RayVecEnv(VecEnv):
             except Exception:  # already gone, or Ray already shut down
                 pass
         self.actors = []
-
-    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        """Attributes are shared by all runs: one copy per index."""
-        return [getattr(self, attr_name)] * len(self._get_indices(indices))
-
-    def set_attr(
-        self, attr_name: str, value: Any, indices: VecEnvIndices = None
-    ) -> None:
-        """Sets an attribute shared by all runs."""
-        setattr(self, attr_name, value)
-
-    def env_method(
-        self,
-        method_name: str,
-        *method_args: Any,
-        indices: VecEnvIndices = None,
-        **method_kwargs: Any,
-    ) -> list[Any]:
-        """Calls a method of this VecEnv once and returns the result per index."""
-        result = getattr(self, method_name)(*method_args, **method_kwargs)
-        return [result] * len(self._get_indices(indices))
-
-    def env_is_wrapped(
-        self, wrapper_class: type, indices: VecEnvIndices = None
-    ) -> list[bool]:
-        """No run is wrapped in a gymnasium wrapper."""
-        return [False] * len(self._get_indices(indices))

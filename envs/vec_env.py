@@ -90,7 +90,42 @@ def groups_from(
     return result
 
 
-class BatchedTrainingVecEnv(VecEnv):
+class SharedRunsVecEnv(VecEnv):
+    """A VecEnv whose runs are one object: attributes and methods are the VecEnv's.
+
+    SB3 asks a VecEnv for per-env attributes and methods (`get_attr`, `env_method`,
+    e.g. a task-set setter); here every index answers with the VecEnv's own.
+    """
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        """Attributes are shared by all runs: one copy per index."""
+        return [getattr(self, attr_name)] * len(self._get_indices(indices))
+
+    def set_attr(
+        self, attr_name: str, value: Any, indices: VecEnvIndices = None
+    ) -> None:
+        """Sets an attribute shared by all runs."""
+        setattr(self, attr_name, value)
+
+    def env_method(
+        self,
+        method_name: str,
+        *method_args: Any,
+        indices: VecEnvIndices = None,
+        **method_kwargs: Any,
+    ) -> list[Any]:
+        """Calls a method of this VecEnv once and returns the result per index."""
+        result = getattr(self, method_name)(*method_args, **method_kwargs)
+        return [result] * len(self._get_indices(indices))
+
+    def env_is_wrapped(
+        self, wrapper_class: type, indices: VecEnvIndices = None
+    ) -> list[bool]:
+        """No run is wrapped in a gymnasium wrapper."""
+        return [False] * len(self._get_indices(indices))
+
+
+class BatchedTrainingVecEnv(SharedRunsVecEnv):
     """Many inner training runs, batched per bucket on one device, as an SB3 VecEnv.
 
     Args:
@@ -228,34 +263,6 @@ class BatchedTrainingVecEnv(VecEnv):
             infos,
         )
 
-    # ------------------------------------------------------- VecEnv plumbing
     def close(self) -> None:
         """Releases the engines."""
         self.engines = []
-
-    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        """Attributes are shared by all runs: one copy per index."""
-        return [getattr(self, attr_name)] * len(self._get_indices(indices))
-
-    def set_attr(
-        self, attr_name: str, value: Any, indices: VecEnvIndices = None
-    ) -> None:
-        """Sets an attribute shared by all runs."""
-        setattr(self, attr_name, value)
-
-    def env_method(
-        self,
-        method_name: str,
-        *method_args: Any,
-        indices: VecEnvIndices = None,
-        **method_kwargs: Any,
-    ) -> list[Any]:
-        """Calls a method of this VecEnv once and returns the result per index."""
-        result = getattr(self, method_name)(*method_args, **method_kwargs)
-        return [result] * len(self._get_indices(indices))
-
-    def env_is_wrapped(
-        self, wrapper_class: type, indices: VecEnvIndices = None
-    ) -> list[bool]:
-        """No run is wrapped in a gymnasium wrapper."""
-        return [False] * len(self._get_indices(indices))

@@ -37,6 +37,7 @@ from typing import Any, Final
 import numpy as np
 import safetensors.torch
 import torch
+import yaml
 from torch import nn
 
 from hyperpilot._version import __version__
@@ -792,6 +793,11 @@ def describe_bundle(bundle: PolicyBundle) -> str:
         f"timesteps:       {timesteps if timesteps is not None else 'unknown'}",
         f"created:         {meta.get('created', 'unknown')}",
     ]
+    config = training.get("config")
+    if isinstance(config, dict) and config:
+        text = yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+        lines.append("training config:")
+        lines += [f"  {line}" for line in text.rstrip().splitlines()]
     return "\n".join(lines)
 
 

@@ -109,6 +109,7 @@ def test_info_and_export(smoke_run, tmp_path, capsys):
     assert main(["info", str(smoke_run / "pilot")]) == 0
     out = capsys.readouterr().out
     assert "compound" in out and "every 10 inner steps" in out
+    assert "training config:" in out and "total_timesteps: 640" in out
     assert (
         main(
             [

@@ -11,7 +11,6 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
-from hyperpilot import bundle as bundle_module
 from hyperpilot._version import __version__
 from hyperpilot.agents.pilot import Pilot
 from hyperpilot.bundle import (
@@ -351,14 +350,11 @@ def test_load_refuses_a_pickle_named_safetensors(saved, tmp_path, writer):
 
 
 def test_unknown_pretrained_name(tmp_path, monkeypatch):
-    shipped = pathlib.Path(bundle_module.__file__).parent / "pretrained" / "default"
-    if shipped.is_dir():
-        pytest.skip("this version ships a default pilot")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(BundleError, match="no pretrained pilot named 'default'"):
-        load_bundle("default")
-    with pytest.raises(BundleError, match="'default'"):
-        Pilot.load("default")
+    with pytest.raises(BundleError, match="no pretrained pilot named 'no_such_pilot'"):
+        load_bundle("no_such_pilot")
+    with pytest.raises(BundleError, match="'no_such_pilot'"):
+        Pilot.load("no_such_pilot")
 
 
 def test_loading_and_acting_leave_the_global_rng_alone(saved):

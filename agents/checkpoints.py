@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 CHECKPOINTS = "checkpoints"
 _PREFIX = "step_"
@@ -49,6 +49,20 @@ class Checkpoint:
         return json.loads(path.read_text()) if path.exists() else None
 
 
+def obs_stats(venv: VecEnv) -> dict | None:
+    """The observation statistics of a VecNormalize as plain values (None without)."""
+    if not isinstance(venv, VecNormalize):
+        return None
+    return {
+        "mean": venv.obs_rms.mean.tolist(),
+        "var": venv.obs_rms.var.tolist(),
+        "count": float(venv.obs_rms.count),
+        "clip_obs": float(venv.clip_obs),
+        "epsilon": float(venv.epsilon),
+        "norm_obs": bool(venv.norm_obs),
+    }
+
+
 def save_checkpoint(run_dir: Path, model: PPO, keep: int) -> Checkpoint:
     """Saves `model` (and its VecNormalize, RNG states) and prunes old checkpoints."""
     step = int(model.num_timesteps)
@@ -62,15 +76,7 @@ def save_checkpoint(run_dir: Path, model: PPO, keep: int) -> Checkpoint:
     venv = model.get_vec_normalize_env()
     if isinstance(venv, VecNormalize):
         venv.save(str(temp / "vecnormalize.pkl"))
-        stats = {
-            "mean": venv.obs_rms.mean.tolist(),
-            "var": venv.obs_rms.var.tolist(),
-            "count": float(venv.obs_rms.count),
-            "clip_obs": float(venv.clip_obs),
-            "epsilon": float(venv.epsilon),
-            "norm_obs": bool(venv.norm_obs),
-        }
-        (temp / "obs_rms.json").write_text(json.dumps(stats))
+        (temp / "obs_rms.json").write_text(json.dumps(obs_stats(venv)))
     python_state = random.getstate()
     numpy_state = np.random.get_state()
     rng = {

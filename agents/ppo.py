@@ -26,6 +26,7 @@ from hyperpilot.agents.checkpoints import (
     Checkpoint,
     find_checkpoint,
     list_checkpoints,
+    obs_stats,
     restore_rng,
     save_checkpoint,
 )
@@ -165,19 +166,6 @@ def export_pilot(
 class _Stats:
     mean: np.ndarray
     var: np.ndarray
-
-
-def obs_stats(venv: VecEnv) -> dict | None:
-    """The observation statistics of a VecNormalize, as plain values."""
-    if not isinstance(venv, VecNormalize):
-        return None
-    return {
-        "mean": venv.obs_rms.mean.tolist(),
-        "var": venv.obs_rms.var.tolist(),
-        "clip_obs": float(venv.clip_obs),
-        "epsilon": float(venv.epsilon),
-        "norm_obs": bool(venv.norm_obs),
-    }
 
 
 def check_init_bundle(config: TrainConfig, bundle_path: str) -> PolicyBundle:

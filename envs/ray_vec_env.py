@@ -411,12 +411,7 @@ class RayVecEnv(SharedRunsVecEnv):
     def step_async(self, actions: np.ndarray) -> None:
         """Checks the actions `[num_envs, k]` and sends each worker its rows."""
         self._check_alive()
-        actions = np.asarray(actions, dtype=np.float32)
-        expected = (self.num_envs, *self.action_space.shape)
-        if actions.shape != expected:
-            raise ValueError(f"actions have shape {actions.shape}, expected {expected}")
-        for row in actions:
-            check_action(row, self.action_space)
+        actions = check_action(actions, self.action_space, self.num_envs)
         seeds = None
         if self._seeds != self._sent_seeds:  # seed() called between resets
             seeds = list(self._seeds)

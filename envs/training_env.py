@@ -27,16 +27,24 @@ def action_space(settings: EnvSettings) -> spaces.Box:
     return spaces.Box(-1.0, 1.0, (len(settings.controlled),), np.float32)
 
 
-def check_action(action: np.ndarray, space: spaces.Box) -> np.ndarray:
-    """Returns `action` as float32 of the space's shape, or raises a clear error."""
+def check_action(
+    action: np.ndarray, space: spaces.Box, n: int | None = None
+) -> np.ndarray:
+    """Returns `action` as float32, or raises a clear error.
+
+    With `n`, `action` holds one row per run of a VecEnv: shape `(n, *space.shape)`.
+    """
     array = np.asarray(action, dtype=np.float32)
-    if array.shape != space.shape:
+    expected = space.shape if n is None else (n, *space.shape)
+    if array.shape != expected:
         raise ValueError(
-            f"action has shape {array.shape}, expected {space.shape} "
+            f"action has shape {array.shape}, expected {expected} "
             "(one entry per controlled hyperparameter)"
         )
-    if not np.isfinite(array).all():
-        raise ValueError(f"action must be finite, got {array}")
+    finite = np.isfinite(array).reshape(len(array) if n else 1, -1).all(axis=1)
+    if not finite.all():
+        where = f" in rows {np.flatnonzero(~finite).tolist()}" if n else ""
+        raise ValueError(f"action must be finite{where}, got NaN or inf")
     return array
 
 

@@ -209,13 +209,7 @@ class BatchedTrainingVecEnv(SharedRunsVecEnv):
 
     def step_async(self, actions: np.ndarray) -> None:
         """Stores the actions `[num_envs, k]` for `step_wait`."""
-        actions = np.asarray(actions, dtype=np.float32)
-        expected = (self.num_envs, *self.action_space.shape)
-        if actions.shape != expected:
-            raise ValueError(f"actions have shape {actions.shape}, expected {expected}")
-        for row in actions:
-            check_action(row, self.action_space)
-        self._actions = actions
+        self._actions = check_action(actions, self.action_space, self.num_envs)
 
     def step_wait(self) -> VecEnvStepReturn:
         """Runs one decision window in every bucket, auto-resetting finished runs."""

@@ -15,7 +15,7 @@ import json
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -465,8 +465,3 @@ def task_records(records: Sequence[dict]) -> dict[str, dict[str, list[dict]]]:
             record
         )
     return grouped
-
-
-def asdict_task(task: EvalTask) -> dict:
-    """A task as plain values (for results.json)."""
-    return asdict(task)

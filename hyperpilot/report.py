@@ -109,19 +109,24 @@ def _add_steps_to_target(rows: list[dict], records: Sequence[dict]) -> None:
             )
 
 
+def median_steps_to_target(rows: Sequence[dict]) -> dict[str, dict[str, float]]:
+    """`[method][task]` -> the median over seeds of steps to target (where known)."""
+    times: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        if row["steps_to_target"] is not None:
+            by_task = times.setdefault(row["method"], {})
+            by_task.setdefault(row["task"], []).append(row["steps_to_target"])
+    return {
+        m: {t: float(np.median(v)) for t, v in by.items()} for m, by in times.items()
+    }
+
+
 def summarize(
     rows: Sequence[dict], methods: Sequence[str]
 ) -> dict[str, dict[str, Any]]:
     """Per method: test loss against constant Adam, wins, divergences, score B, cost."""
     by_key = {(r["task"], r["seed"], r["method"]): r for r in rows}
-    times: dict[str, dict[str, float]] = {}
-    for row in rows:
-        if row["steps_to_target"] is not None:
-            times.setdefault(row["method"], {}).setdefault(row["task"], [])
-            times[row["method"]][row["task"]].append(row["steps_to_target"])
-    medians = {
-        m: {t: float(np.median(v)) for t, v in by.items()} for m, by in times.items()
-    }
+    medians = median_steps_to_target(rows)
     scores = score_b(medians) if medians else {}
     summary = {}
     for method in methods:
@@ -263,17 +268,8 @@ def _plots(folder: Path, rows: list[dict], summary: dict) -> list[Path]:
             path = folder / f"schedule_{_safe(task)}.png"
             figure.savefig(path, dpi=110, bbox_inches="tight")
             written.append(path)
-    times: dict[str, dict[str, list]] = {}
-    for r in rows:
-        if r["steps_to_target"] is not None:
-            times.setdefault(r["method"], {}).setdefault(r["task"], []).append(
-                r["steps_to_target"]
-            )
-    if times:
-        medians = {
-            m: {t: float(np.median(v)) for t, v in by.items()}
-            for m, by in times.items()
-        }
+    medians = median_steps_to_target(rows)
+    if medians:
         taus = np.linspace(1.0, R_MAX, 301)
         profile = performance_profile(performance_ratios(medians), taus)
         figure = Figure(figsize=(6, 4))

@@ -1,28 +1,44 @@
-"""Shared fixtures: a tiny real pilot bundle (a briefly trained SB3 PPO policy)."""
+"""Shared test helpers: a tiny, briefly trained SB3 PPO policy and its bundle."""
 
 import pytest
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecNormalize
+from torch import nn
 
 from hyperpilot.bundle import save_bundle
 from hyperpilot.envs import BatchedTrainingVecEnv
 
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory):
-    """A bundle folder holding a PPO policy trained for 64 steps on quadratic_2d."""
-    env = BatchedTrainingVecEnv(family="quadratic_2d", n=4, device="cpu")
-    venv = VecNormalize(env)
+
+def train_tiny_ppo(net_arch=(16, 16), activation="tanh", normalize=True, **settings):
+    """PPO trained for 64 steps on quadratic_2d: non-trivial weights and obs stats.
+
+    Returns the model, the VecEnv it trained on (VecNormalize when `normalize`) and
+    the underlying `BatchedTrainingVecEnv`.
+    """
+    env = BatchedTrainingVecEnv(family="quadratic_2d", n=4, device="cpu", **settings)
+    venv = VecNormalize(env) if normalize else env
     model = PPO(
         "MlpPolicy",
         venv,
         n_steps=8,
         batch_size=16,
         n_epochs=1,
+        policy_kwargs={
+            "net_arch": {"pi": list(net_arch), "vf": list(net_arch)},
+            "activation_fn": ACTIVATIONS[activation],
+        },
         seed=0,
-        policy_kwargs={"net_arch": [16, 16]},
     )
     model.learn(64)
+    return model, venv, env
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """A bundle folder holding a PPO policy trained for 64 steps on quadratic_2d."""
+    model, venv, env = train_tiny_ppo()
     return save_bundle(
         tmp_path_factory.mktemp("bundle") / "pilot",
         policy=model.policy,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from stable_baselines3 import PPO
+from conftest import train_tiny_ppo
 from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
@@ -22,7 +22,6 @@ from hyperpilot.bundle import (
     load_bundle,
     save_bundle,
 )
-from hyperpilot.envs import BatchedTrainingVecEnv
 from hyperpilot.envs.features import FEATURES_VERSION, OBS_NAMES
 
 TRAINING = {
@@ -35,23 +34,7 @@ TRAINING = {
 @functools.cache
 def _trained(net_arch=(32, 32), activation="tanh", normalize=True, **settings):
     """A tiny PPO model with non-trivial weights (and observation statistics)."""
-    activation_fn = {"tanh": nn.Tanh, "relu": nn.ReLU}[activation]
-    env = BatchedTrainingVecEnv(family="quadratic_2d", n=4, device="cpu", **settings)
-    venv = VecNormalize(env) if normalize else env
-    model = PPO(
-        "MlpPolicy",
-        venv,
-        n_steps=8,
-        batch_size=16,
-        n_epochs=1,
-        policy_kwargs={
-            "net_arch": {"pi": list(net_arch), "vf": list(net_arch)},
-            "activation_fn": activation_fn,
-        },
-        seed=0,
-    )
-    model.learn(64)
-    return model, venv, env
+    return train_tiny_ppo(net_arch, activation, normalize, **settings)
 
 
 def _save(path, model, venv, env, **kwargs):

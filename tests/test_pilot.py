@@ -8,13 +8,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from stable_baselines3 import PPO
-from stable_baselines3.common.vec_env import VecNormalize
+from conftest import train_tiny_ppo
 from torch import nn
 
 from hyperpilot.agents.pilot import Pilot
 from hyperpilot.bundle import load_bundle, save_bundle
-from hyperpilot.envs import BatchedTrainingVecEnv
 from hyperpilot.envs.engine import BatchedEngine, MinibatchOrder
 from hyperpilot.envs.episodes import Episode
 from hyperpilot.envs.tasks import make_family
@@ -24,20 +22,7 @@ F64 = torch.float64
 
 def _make_bundle(path, action_mode):
     """A tiny real bundle whose actions are far from zero, so the hparams move."""
-    env = BatchedTrainingVecEnv(
-        family="quadratic_2d", n=4, device="cpu", action_mode=action_mode
-    )
-    venv = VecNormalize(env)
-    model = PPO(
-        "MlpPolicy",
-        venv,
-        n_steps=8,
-        batch_size=16,
-        n_epochs=1,
-        policy_kwargs={"net_arch": {"pi": [16], "vf": [16]}},
-        seed=0,
-    )
-    model.learn(64)
+    model, venv, env = train_tiny_ppo((16,), action_mode=action_mode)
     with torch.no_grad():  # PPO starts with near-zero actions; make them matter
         model.policy.action_net.weight.mul_(30.0)
     return save_bundle(

@@ -32,6 +32,9 @@ class MinibatchOrder:
     Run i draws `torch.randperm(n_rows, generator=Generator().manual_seed(seed_i))`
     and takes `batch_size` rows at a time, drawing a new permutation when fewer than
     `batch_size` rows remain (the remainder is dropped, like `drop_last=True`).
+
+    The positions live on the CPU, so choosing who needs a new permutation never
+    waits for the device; new permutations travel in one copy.
     """
 
     def __init__(self, n: int, n_rows: int, batch_size: int, device: torch.device):
@@ -40,7 +43,7 @@ class MinibatchOrder:
         self.n_rows, self.batch_size, self.device = n_rows, batch_size, device
         self.generators = [torch.Generator() for _ in range(n)]
         self.perms = torch.zeros(n, n_rows, dtype=torch.long, device=device)
-        self.position = torch.full((n,), n_rows, dtype=torch.long, device=device)
+        self.position = torch.full((n,), n_rows, dtype=torch.long)
         self.offsets = torch.arange(batch_size, device=device)
 
     def restart(self, run: int, seed: int) -> None:
@@ -51,11 +54,18 @@ class MinibatchOrder:
     def next(self) -> torch.Tensor:
         """`[N, batch_size]` row indices of every run's next minibatch."""
         exhausted = (self.position + self.batch_size > self.n_rows).nonzero().flatten()
-        for run in exhausted.tolist():
-            perm = torch.randperm(self.n_rows, generator=self.generators[run])
-            self.perms[run] = perm.to(self.device)
-            self.position[run] = 0
-        index = self.perms.gather(1, self.position[:, None] + self.offsets)
+        if len(exhausted):
+            perms = torch.stack(
+                [
+                    torch.randperm(self.n_rows, generator=self.generators[run])
+                    for run in exhausted.tolist()
+                ]
+            )
+            runs = exhausted.to(self.device, non_blocking=True)
+            self.perms[runs] = perms.to(self.device, non_blocking=True)
+            self.position[exhausted] = 0
+        start = self.position.to(self.device, non_blocking=True)
+        index = self.perms.gather(1, start[:, None] + self.offsets)
         self.position += self.batch_size
         return index
 

@@ -85,7 +85,8 @@ class BatchedAdam:
         bias_correction2_sqrt = (1.0 - self.beta2**steps).sqrt().to(dtype)
         step_size = torch.where(active, lr / bias_correction1, torch.zeros_like(lr))
         weight = (1.0 - beta1)[:, None]
-        if bool(active.all()):
+        # Reading `active` back waits for the device: take the fast path on the CPU only.
+        if params.device.type == "cpu" and bool(active.all()):
             self.exp_avg.lerp_(grad, weight)
             self.exp_avg_sq.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)
         else:  # a diverged run's gradient may be NaN: keep its moments as they were

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from hyperpilot.envs.actions import Hyperparams
-from hyperpilot.envs.engine import BatchedEngine
+from hyperpilot.envs.engine import BatchedEngine, MinibatchOrder
 from hyperpilot.envs.episodes import Episode, InitRanges, draw_episode
 from hyperpilot.envs.features import N_FEATURES, OBS_HIGH, OBS_LOW
 from hyperpilot.envs.settings import EnvSettings
@@ -111,3 +111,19 @@ def test_compiled_engine_matches_eager():
     eager, compiled = results
     torch.testing.assert_close(compiled.obs, eager.obs, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(compiled.reward, eager.reward, rtol=1e-5, atol=1e-6)
+
+
+def test_minibatch_order_walks_each_runs_seeded_permutations():
+    # 10 rows in batches of 4: two batches per permutation, the last 2 rows dropped.
+    order = MinibatchOrder(2, n_rows=10, batch_size=4, device="cpu")
+    order.restart(0, seed=1)
+    order.restart(1, seed=2)
+    batches = [order.next() for _ in range(4)]
+    for run, seed in ((0, 1), (1, 2)):
+        generator = torch.Generator().manual_seed(seed)
+        expected = [torch.randperm(10, generator=generator) for _ in range(2)]
+        expected = [p[i : i + 4] for p in expected for i in (0, 4)]
+        for batch, rows in zip(batches, expected, strict=True):
+            assert torch.equal(batch[run], rows)
+    order.restart(1, seed=2)  # a restarted run begins its sequence again
+    assert torch.equal(order.next()[1], batches[0][1])

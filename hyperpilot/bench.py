@@ -41,7 +41,7 @@ def _timed(arms: dict[str, Callable[[], None]], min_seconds: float) -> dict[str,
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def raw_batched_loop(n: int, k: int) -> Callable[[], None]:
+def raw_batched_loop(n: int, k: int, device: str = "cpu") -> Callable[[], None]:
     """A hand-written stacked MLP + torch.optim.Adam: K steps and a validation pass.
 
     This is the floor the env is compared against: the same math with no features,
@@ -50,14 +50,16 @@ def raw_batched_loop(n: int, k: int) -> Callable[[], None]:
     from hyperpilot.envs.tasks import make_family
 
     instance = make_family(FAMILY, **FAMILY_KWARGS).sample(np.random.default_rng(0))
-    x, y = instance.x_train, instance.y_train
-    x_val = instance.x_val
+    x, y = instance.x_train.to(device), instance.y_train.to(device)
+    x_val = instance.x_val.to(device)
     generator = torch.Generator().manual_seed(0)
     d, h, c = x.shape[1], FAMILY_KWARGS["width"], 10
-    w1 = (torch.randn(n, d, h, generator=generator) / d**0.5).requires_grad_()
-    b1 = torch.zeros(n, 1, h, requires_grad=True)
-    w2 = (torch.randn(n, h, c, generator=generator) / h**0.5).requires_grad_()
-    b2 = torch.zeros(n, 1, c, requires_grad=True)
+    w1 = (torch.randn(n, d, h, generator=generator) / d**0.5).to(device)
+    w2 = (torch.randn(n, h, c, generator=generator) / h**0.5).to(device)
+    w1.requires_grad_()
+    w2.requires_grad_()
+    b1 = torch.zeros(n, 1, h, device=device, requires_grad=True)
+    b2 = torch.zeros(n, 1, c, device=device, requires_grad=True)
     optimizer = torch.optim.Adam([w1, b1, w2, b2], lr=1e-3)
     batch = FAMILY_KWARGS["batch_size"]
 
@@ -66,7 +68,7 @@ def raw_batched_loop(n: int, k: int) -> Callable[[], None]:
 
     def window() -> None:
         for _ in range(k):
-            index = torch.randint(len(x), (n, batch), generator=generator)
+            index = torch.randint(len(x), (n, batch), generator=generator).to(device)
             logits = forward(x[index])
             loss = (
                 torch.nn.functional.cross_entropy(
@@ -78,7 +80,8 @@ def raw_batched_loop(n: int, k: int) -> Callable[[], None]:
             loss.backward()
             optimizer.step()
         with torch.no_grad():
-            forward(x_val.expand(n, -1, -1))
+            # reading a number back waits for the device, as the env's observations do
+            forward(x_val.expand(n, -1, -1)).sum().item()
 
     return window
 
@@ -156,7 +159,7 @@ def throughput(argv: Sequence[str] | None = None) -> int:
             family=FAMILY, family_kwargs=FAMILY_KWARGS, n=n, **settings
         )
         arms = {
-            "raw": raw_batched_loop(n, k),
+            "raw": raw_batched_loop(n, k, args.device),
             "batched": _env_step(batched_env, n, 3),
         }
         if args.compiled:

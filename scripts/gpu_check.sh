@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# GPU check (under 5 minutes on one GPU): an engine step and the Adam-parity tests on
-# CUDA, meta-training's smoke config on CUDA for 3200 steps, then the batched throughput
+# GPU check (under 8 minutes on one GPU): an engine step and the Adam-parity tests on
+# CUDA, meta-training's smoke config on CUDA for 3200 steps, two rollouts of the gpu
+# config, then the batched throughput
 # benchmark up to N=4096. Runs from the source tree,
 # with no install: gymnasium and stable-baselines3 may come as wheels in .whl/
 # (see the device tool's README). Results go to ${OUT:-gpu_check_out}/.
+# python3 -P: the repo root must not shadow the linked package tree.
 #   DEVICE=cpu scripts/gpu_check.sh   # a dry run of the same steps on the CPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +24,7 @@ for sub in envs agents configs; do ln -s "$PWD/$sub" "$SRC/hyperpilot/$sub"; don
 export PYTHONPATH=$SRC${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 
-python3 - "$DEVICE" <<'PY' | tee "$OUT/engine_step.txt"
+python3 -P - "$DEVICE" <<'PY' | tee "$OUT/engine_step.txt"
 import sys, time, numpy as np, torch
 from hyperpilot.envs.engine import BatchedEngine
 from hyperpilot.envs.episodes import InitRanges, draw_episode
@@ -42,17 +44,25 @@ print("engine step on", t.obs.device, "reward", t.reward.cpu().numpy().round(3))
 PY
 
 if [ "$DEVICE" = cuda ]; then
-  python3 -m pytest -q -p no:cacheprovider tests/test_optim.py -k cuda 2>&1 | tee "$OUT/parity.txt"
+  python3 -P -m pytest -q -p no:cacheprovider tests/test_optim.py -k cuda 2>&1 | tee "$OUT/parity.txt"
 else
-  python3 -m pytest -q -p no:cacheprovider tests/test_optim.py -k cpu 2>&1 | tee "$OUT/parity.txt"
+  python3 -P -m pytest -q -p no:cacheprovider tests/test_optim.py -k cpu 2>&1 | tee "$OUT/parity.txt"
 fi
 # Meta-training end to end with the inner runs on the device (PPO stays on the CPU).
-timeout 90 python3 -m hyperpilot.cli train --config smoke --device "$DEVICE" \
+timeout 90 python3 -P -m hyperpilot.cli train --config smoke --device "$DEVICE" \
   --total-timesteps 3200 --runs-root "$OUT/runs" --run-name smoke_$DEVICE \
   --set logging.progress_bar=false 2>&1 | tee "$OUT/train.txt"
 test -f "$OUT/runs/smoke_$DEVICE/pilot/pilot.json"
 { head -n 1; tail -n 1; } <"$OUT/runs/smoke_$DEVICE/progress.csv" >>"$OUT/train.txt"
 
-timeout 170 python3 -m hyperpilot.cli bench throughput --device "$DEVICE" \
+# The GPU config's meta-training speed: two PPO rollouts of 1024 runs (no compile,
+# which would spend its first minutes compiling one graph per task bucket).
+timeout 150 python3 -P -m hyperpilot.cli train --config gpu --device "$DEVICE" \
+  --total-timesteps 65536 --runs-root "$OUT/runs" --run-name gpu_$DEVICE \
+  --set env.compile=false --set eval.freq=1000000 --set logging.progress_bar=false \
+  --set logging.plots=false 2>&1 | tee "$OUT/train_gpu.txt" || true
+cp "$OUT/runs/gpu_$DEVICE/progress.csv" "$OUT/progress_gpu.csv" || true
+
+timeout 150 python3 -P -m hyperpilot.cli bench throughput --device "$DEVICE" \
   --n 64,256,1024,4096 --dummy-max-n 8 --seconds 2 --ppo-timesteps 0 \
   --out "$OUT/BENCHMARKS-gpu.md" 2>&1 | tee "$OUT/bench.txt"

@@ -18,7 +18,9 @@ class RewardConfig:
         kind: `val_loss` (default): `-val_loss / first_val_loss`, measured on the
             instance's validation data, never its test data. `train_loss`: the same on
             the window's mean minibatch loss (known to overfit). `log_improvement`:
-            `ln(previous val loss / val loss)`.
+            `ln(previous val loss / val loss)`; an episode's rewards sum to
+            `-ln(final val loss / first val loss)`, the loss the run ends with, paid
+            out per decision (what the shipped pilot was trained on).
         terminal_weight: Adds `-terminal_weight * final_val_loss / first_val_loss`
             at the last decision of a run.
         divergence_penalty: A diverged run receives

@@ -182,7 +182,7 @@ class InnerTrainingEnv(gym.Env[np.ndarray, np.ndarray]):
             raise RuntimeError("call reset() before step()")
         array = check_action(action, self.action_space)
         transition = self._engine.act(torch.from_numpy(array)[None])
-        info = self._engine.run_info(transition, 0)
+        info = self._engine.run_infos(transition)[0]
         return (
             transition.obs[0].cpu().numpy(),
             float(transition.reward[0]),

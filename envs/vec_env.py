@@ -222,14 +222,12 @@ class BatchedTrainingVecEnv(SharedRunsVecEnv):
             reward = transition.reward.cpu().numpy()
             done = (transition.terminated | transition.truncated).cpu().numpy()
             time_limit = (transition.truncated & ~transition.terminated).cpu().numpy()
-            bucket_infos = []
-            for run in range(engine.n):
-                info = engine.run_info(transition, run)
+            bucket_infos = engine.run_infos(transition)
+            for info, truncated in zip(bucket_infos, time_limit.tolist()):
                 # as DummyVecEnv: https://github.com/openai/gym/issues/3102
-                info["TimeLimit.truncated"] = bool(time_limit[run])
-                bucket_infos.append(info)
-                self._returns[part.start + run] += reward[run]
-                self._lengths[part.start + run] += 1
+                info["TimeLimit.truncated"] = truncated
+            self._returns[part] += reward
+            self._lengths[part] += 1
             finished = np.flatnonzero(done).tolist()
             for run in finished:
                 slot = part.start + run

@@ -13,6 +13,7 @@ import argparse
 import datetime
 import platform
 import shlex
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,6 +70,7 @@ def ablations(argv: Sequence[str] | None = None) -> int:
 
         raise UserError(f"unknown arms {unknown}; choose from {list(ARMS)}")
     from hyperpilot import report
+    from hyperpilot.agents.checkpoints import list_checkpoints
     from hyperpilot.cli import train
     from hyperpilot.envs.tasks.splits import load_split
     from hyperpilot.evaluation import EvalTask, evaluate
@@ -89,9 +91,11 @@ def ablations(argv: Sequence[str] | None = None) -> int:
                     str(args.timesteps),
                 ]
                 overrides = [item for o in ARMS[arm] for item in ("--set", o)]
-                if (run / "config.yaml").is_file():
+                if list_checkpoints(run):
                     code = train(["--resume", str(run)])
                 else:
+                    # stopped before its first checkpoint: nothing to keep
+                    shutil.rmtree(run, ignore_errors=True)
                     code = train(
                         [
                             *common,

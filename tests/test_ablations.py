@@ -1,5 +1,7 @@
 """`hyperpilot bench ablations` trains an arm, evaluates it on val, and resumes."""
 
+import shutil
+
 import pytest
 
 from hyperpilot.cli import main
@@ -32,4 +34,9 @@ def test_an_ablation_arm_trains_evaluates_and_is_reused(tmp_path):
     stamp = (run / "pilot" / "pilot.json").stat().st_mtime_ns
     assert main(args) == 0  # finished runs and evaluations are reused
     assert (run / "pilot" / "pilot.json").stat().st_mtime_ns == stamp
+    # a run stopped before its first checkpoint starts over
+    shutil.rmtree(run / "pilot")
+    shutil.rmtree(run / "checkpoints")
+    assert main(args) == 0
+    assert (run / "pilot" / "pilot.json").is_file()
     assert main(["bench", "ablations", "--arms", "nope"]) == 2

@@ -123,7 +123,7 @@ def quality(argv: Sequence[str] | None = None) -> int:
 
     lines = _targets(summary, rows, bad_rows, labels)
     command = "hyperpilot bench quality " + shlex.join(list(argv or []))
-    _append(args.md, command.strip(), bundle, summary, lines, args, tasks)
+    _append(args.md, command.strip(), bundle, summary, rows, lines, args, tasks)
     print("\n".join(lines))
     print(f"appended to {args.md}")
     return 0
@@ -187,6 +187,7 @@ def _append(
     command: str,
     bundle,
     summary: dict,
+    rows: list[dict],
     lines: list[str],
     args: argparse.Namespace,
     tasks: list,
@@ -211,6 +212,9 @@ def _append(
         f"every run starts at lr {NORMAL_LR:g}, beta1 0.9\n"
         f"- plots: `{args.out / 'normal' / 'plots'}` (profile.png, curves, schedules)\n\n"
         "```\n" + report.table(summary) + "\n```\n\n"
+        "Performance profile (steps to the target loss, relative to the fastest "
+        "method per task; score B integrates it):\n\n"
+        "```\n" + report.profile_table(rows) + "\n```\n\n"
         "Targets (zero-shot, no per-task tuning of the pilot):\n\n"
         + "\n".join(lines)
         + "\n"

@@ -197,6 +197,26 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def profile_table(
+    rows: Sequence[dict], taus: Sequence[float] = (1.0, 1.5, 2.0, 4.0)
+) -> str:
+    """The performance profile as text, one line per method.
+
+    Each column is the share of tasks whose median steps to target is within a factor
+    `tau` of the fastest method's.
+    """
+    medians = median_steps_to_target(rows)
+    if not medians:
+        return ""
+    profile = performance_profile(performance_ratios(medians), np.asarray(taus))
+    header = f"{'share of tasks within':<22}" + "".join(f"{t:>8g}x" for t in taus)
+    lines = [header] + [
+        f"{method:<22}" + "".join(f"{v:>9.0%}" for v in values)
+        for method, values in profile.items()
+    ]
+    return "\n".join(lines)
+
+
 def _finite(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None

@@ -9,6 +9,7 @@ from hyperpilot.metrics import (
     score_b,
     steps_to_target,
 )
+from hyperpilot.report import profile_table
 
 
 def test_steps_to_target_is_the_first_step_at_or_below():
@@ -37,3 +38,19 @@ def test_ratios_profile_and_score_b():
 def test_a_task_nobody_reached_counts_as_missed_for_all():
     ratios = performance_ratios({"x": {"a": math.inf}, "y": {"a": math.inf}})
     assert ratios == {"x": {"a": math.inf}, "y": {"a": math.inf}}
+
+
+def test_profile_table_gives_each_methods_share_of_tasks_per_factor():
+    rows = [
+        {"method": method, "task": task, "steps_to_target": steps}
+        for method, task, steps in (
+            ("fast", "a", 10),
+            ("fast", "b", 20),
+            ("slow", "a", 30),  # 3x the fastest on a
+            ("slow", "b", 20),
+        )
+    ]
+    lines = profile_table(rows, taus=(1.0, 2.0, 4.0)).splitlines()
+    assert lines[0].split()[-3:] == ["1x", "2x", "4x"]
+    assert lines[1].split() == ["fast", "100%", "100%", "100%"]
+    assert lines[2].split() == ["slow", "50%", "50%", "100%"]

@@ -35,6 +35,8 @@ def test_quality_benchmark_records_every_target(tiny_bundle, tmp_path, capsys):
         "100x too small",
         "30x too large",
         "Schedule-Free",
+        "Performance profile",
+        "share of tasks within",
     ):
         assert needle in text, needle
     assert (tmp_path / "q" / "normal" / "plots" / "profile.png").is_file()

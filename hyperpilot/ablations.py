@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import platform
 import shlex
 import shutil
@@ -133,8 +134,8 @@ def _append(args: argparse.Namespace, results: dict[str, list[dict]]) -> None:
     lines = [
         f"\n## Ablations on the `val` split, {datetime.date.today().isoformat()}\n",
         f"- command: `hyperpilot bench ablations {shlex.join(args.argv)}`",
-        f"- machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), "
-        f"torch {torch.__version__}, CPU",
+        f"- machine: {platform.machine()}, {os.cpu_count()} CPU(s), torch "
+        f"{torch.__version__}; each training run uses its config's `run.threads`",
         f"- each arm: configs/train/default.yaml plus its overrides, {args.timesteps:,} "
         f"meta-env steps, {args.seeds} meta-training seeds; its best-on-val pilot on "
         f"the val split, {args.eval_seeds} task seeds, from lr 1e-3",

@@ -72,8 +72,10 @@ def check_backend(args: argparse.Namespace, ray_only: Sequence[str] = ()) -> Non
         return
     import importlib.util
 
+    from hyperpilot.envs.ray_vec_env import RAY_MISSING
+
     if importlib.util.find_spec("ray") is None:
-        raise UserError("the Ray backend needs Ray: pip install 'hyperpilot[ray]'")
+        raise UserError(RAY_MISSING)
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
 
@@ -190,8 +192,7 @@ def train(argv: Sequence[str] | None = None) -> int:
         else:
             config = load_config(args.config or "default", overrides)
             name = args.run_name or (
-                f"{config.run.name or Path(config.source).stem}"
-                f"__s{config.run.seed}__{int(time.time())}"
+                f"{config.name}__s{config.run.seed}__{int(time.time())}"
             )
             run_dir = args.runs_root / name
             if run_dir.exists():
@@ -425,11 +426,12 @@ def evaluate(argv: Sequence[str] | None = None) -> int:
             raise UserError("--kw goes with --family")
         for task in tasks:
             task.spec.build()
-        methods = ev.available_methods()
+        available = ev.available_methods()
+        methods = available
         if args.methods:
             methods = [m.strip() for m in args.methods.split(",") if m.strip()]
             unknown = [m for m in methods if m not in ev.METHODS]
-            missing = [m for m in methods if m not in ev.available_methods()]
+            missing = [m for m in methods if m not in available]
             if unknown:
                 raise UserError(
                     f"unknown methods {unknown}; choose from {list(ev.METHODS)}"

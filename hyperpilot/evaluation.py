@@ -10,6 +10,7 @@ is a plain function that a scale-out backend can call anywhere.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import json
 import math
@@ -30,7 +31,12 @@ from hyperpilot.envs.engine import BatchedEngine, MinibatchOrder
 from hyperpilot.envs.episodes import Episode
 from hyperpilot.envs.settings import EnvSettings
 from hyperpilot.envs.tasks.base import TaskInstance
-from hyperpilot.envs.tasks.splits import CONFIGS_DIR, FamilySpec, load_split
+from hyperpilot.envs.tasks.splits import (
+    CONFIGS_DIR,
+    FamilySpec,
+    load_split,
+    parse_families,
+)
 
 TUNED = {
     "tuned_constant": "constant",
@@ -121,24 +127,11 @@ def load_suite(name_or_path: str | Path) -> tuple[list[EvalTask], int]:
     if "split" in data:
         specs = load_split(data["split"])
     else:
-        specs = [
-            FamilySpec(str(e["family"]), {k: v for k, v in e.items() if k != "family"})
-            for e in data["families"]
-        ]
+        specs = parse_families(data["families"], path)
     return [EvalTask(s.label, s) for s in specs], int(data.get("seeds", 5))
 
 
 # ------------------------------------------------------------------- one job
-def job_settings(bundle: PolicyBundle, device: str) -> EnvSettings:
-    """Engine settings of every job: the pilot's K, action mode and controlled set."""
-    return EnvSettings(
-        decision_interval=bundle.decision_interval,
-        action_mode=bundle.action_mode,
-        controlled=bundle.controlled,
-        device=device,
-    )
-
-
 def _controller(
     job: Job, bundle: PolicyBundle, init_lr: float, replay: dict | None
 ) -> Controller:
@@ -165,7 +158,8 @@ def run_job(
 ) -> dict[str, Any]:
     """Runs one job and returns its record (curves per decision, final metrics)."""
     instance = job.task.spec.build().sample(np.random.default_rng(job.seed))
-    settings = job_settings(bundle, device)
+    # every job runs with the pilot's K, action mode and controlled set
+    settings = dataclasses.replace(bundle.settings(), device=device)
     if job.run in OPTIMIZERS:
         return _run_library_optimizer(job, instance, settings)
     engine = BatchedEngine(1, settings)

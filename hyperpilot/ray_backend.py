@@ -2,7 +2,7 @@
 
 Meta-training's side is `hyperpilot.envs.ray_vec_env.RayVecEnv`; this module holds
 what the `--backend ray` commands add around it. Ray is imported lazily, so the
-module imports without it; `require_ray()` says how to install it.
+module imports without it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from hyperpilot.envs.ray_vec_env import (
-    RAY_MISSING,
     check_resources,
     import_ray,
     plan_workers,
@@ -22,12 +21,10 @@ from hyperpilot.envs.ray_vec_env import (
 from hyperpilot.envs.vec_env import groups_from
 
 __all__ = [
-    "RAY_MISSING",
     "RayOptions",
     "check_options",
     "connect",
     "job_runner",
-    "require_ray",
     "shutdown",
 ]
 
@@ -75,11 +72,6 @@ def check_options(options: RayOptions, buckets: dict[str, Any], device: str) -> 
     devices = worker_devices(device, options.gpus_per_worker)
     plan_workers(groups_from(**buckets), options.workers, len(devices))
     check_resources(options.workers, 1.0, options.gpus_per_worker)
-
-
-def require_ray() -> None:
-    """Raises ImportError with the install command when Ray is missing."""
-    import_ray()
 
 
 def connect(address: str | None = None) -> bool:

@@ -62,13 +62,23 @@ def load_split(name_or_path: str | Path) -> list[FamilySpec]:
             f"shipped splits: {', '.join(available_splits())}, or a path to a .yaml file"
         )
     data = yaml.safe_load(path.read_text()) or {}
-    entries = data.get("families") if isinstance(data, dict) else None
+    return parse_families(
+        data.get("families") if isinstance(data, dict) else None, path
+    )
+
+
+def parse_families(entries: object, source: Path) -> list[FamilySpec]:
+    """The `families:` list of a split or suite file as `FamilySpec`s.
+
+    Raises:
+        ValueError: If it is not a non-empty list of mappings with a `family:` key.
+    """
     if not isinstance(entries, list) or not entries:
-        raise ValueError(f"{path}: expected a non-empty list under 'families:'")
+        raise ValueError(f"{source}: expected a non-empty list under 'families:'")
     specs = []
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or "family" not in entry:
-            raise ValueError(f"{path}: families[{index}] needs a 'family:' key")
+            raise ValueError(f"{source}: families[{index}] needs a 'family:' key")
         kwargs = {k: v for k, v in entry.items() if k != "family"}
         specs.append(FamilySpec(str(entry["family"]), kwargs))
     return specs

@@ -24,7 +24,6 @@ from stable_baselines3.common.vec_env.base_vec_env import (
 )
 
 from hyperpilot.envs.settings import EnvSettings
-from hyperpilot.envs.tasks.base import TaskFamily
 from hyperpilot.envs.training_env import action_space, check_action, observation_space
 from hyperpilot.envs.vec_env import (
     BatchedTrainingVecEnv,
@@ -181,7 +180,8 @@ def check_resources(workers: int, cpus: float, gpus: float) -> None:
             )
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, else its type's name."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
@@ -305,7 +305,8 @@ class RayVecEnv(SharedRunsVecEnv):
         devices = worker_devices(device, gpus_per_worker)
         # Validated here on the CPU: the driver needs no GPU of its own.
         self.settings = EnvSettings.from_kwargs(device="cpu", **settings)
-        self.families: list[TaskFamily] = [g.spec.build() for g in self.groups]
+        for group in self.groups:  # a bad family or knob fails here, not in an actor
+            group.spec.build()
         shards_of = plan_workers(self.groups, workers, len(devices))
         self.assignment: list[list[Group]] = [
             [g for shard in mine for g in shard] for mine in shards_of
@@ -315,7 +316,6 @@ class RayVecEnv(SharedRunsVecEnv):
             *itertools.accumulate(sum(g.n for g in a) for a in self.assignment),
         ]
         self.worker_slices = [slice(a, b) for a, b in itertools.pairwise(bounds)]
-        self.device = device
         self.render_mode = None  # nothing to render; read by VecEnv.__init__
         super().__init__(bounds[-1], observation_space(), action_space(self.settings))
 
@@ -355,14 +355,15 @@ class RayVecEnv(SharedRunsVecEnv):
                     f"(each needs the CPUs and GPUs asked for); the cluster has "
                     f"{ray.cluster_resources()}"
                 )
+            infos = []
             for worker, ref in enumerate(refs):
                 try:
-                    ray.get(ref)
+                    infos.append(ray.get(ref))
                 except ray.exceptions.RayActorError as error:
                     raise RuntimeError(
-                        f"Ray worker {worker} failed to start: {_first_line(error)}"
+                        f"Ray worker {worker} failed to start: {first_line(error)}"
                     ) from None
-            return ray.get(refs)
+            return infos
         except BaseException:
             self.close()
             raise
@@ -384,7 +385,7 @@ class RayVecEnv(SharedRunsVecEnv):
         return WorkerDiedError(
             f"Ray worker {worker} of {len(self.actors)} died (it ran slots "
             f"{part.start}-{part.stop - 1}: {describe(self.assignment[worker])}): "
-            f"{_first_line(error)}"
+            f"{first_line(error)}"
         )
 
     def _check_alive(self) -> None:

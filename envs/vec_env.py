@@ -220,8 +220,12 @@ class BatchedTrainingVecEnv(SharedRunsVecEnv):
             transition = engine.act(torch.from_numpy(self._actions[part]))
             obs = transition.obs.cpu().numpy()
             reward = transition.reward.cpu().numpy()
-            done = (transition.terminated | transition.truncated).cpu().numpy()
-            time_limit = (transition.truncated & ~transition.terminated).cpu().numpy()
+            ended = transition.terminated | transition.truncated
+            done, time_limit = (
+                torch.stack([ended, transition.truncated & ~transition.terminated])
+                .cpu()
+                .numpy()
+            )
             bucket_infos = engine.run_infos(transition)
             for info, truncated in zip(bucket_infos, time_limit.tolist()):
                 # as DummyVecEnv: https://github.com/openai/gym/issues/3102

@@ -14,6 +14,7 @@ from typing import Any
 
 from hyperpilot.envs.ray_vec_env import (
     check_resources,
+    first_line,
     import_ray,
     plan_workers,
     worker_devices,
@@ -92,9 +93,8 @@ def connect(address: str | None = None) -> bool:
     try:
         ray.init(address=address, include_dashboard=False)
     except ConnectionError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         raise ConnectionError(
-            f"no Ray cluster answers at {address}: {first}".rstrip(": ")
+            f"no Ray cluster answers at {address}: {first_line(error)}"
         ) from None
     return True
 

@@ -15,7 +15,8 @@ from stable_baselines3.common.logger import Figure
 from hyperpilot.agents.checkpoints import save_checkpoint
 from hyperpilot.agents.rollout import TRACE_KEYS, EpisodeTrace
 
-_NOT_TEXT = ("stdout", "log", "json", "csv")
+NOT_TEXT = ("stdout", "log", "json", "csv")
+"""Logger formats to skip for records that are not text (figures, hparams)."""
 
 
 class InnerMetricsCallback(BaseCallback):
@@ -150,7 +151,7 @@ class ValidationCallback(PeriodicCallback):
         )
         if self.plots:
             figure = plot_traces(traces, f"validation at step {self.num_timesteps}")
-            self.logger.record("eval/schedules", Figure(figure, close=True), _NOT_TEXT)
+            self.logger.record("eval/schedules", Figure(figure, close=True), NOT_TEXT)
             write_trace_scalars(
                 self.run_dir / "eval" / f"step_{self.num_timesteps:012d}", traces
             )

@@ -86,9 +86,12 @@ def save_checkpoint(run_dir: Path, model: PPO, keep: int) -> Checkpoint:
     (temp / "rng.json").write_text(json.dumps(rng))
     torch.save({"cpu": torch.random.get_rng_state()}, temp / "torch_rng.pt")
     (temp / "meta.json").write_text(json.dumps({"step": step}))
-    if final.exists():
-        shutil.rmtree(final)
+    aside = root / f".old-{final.name}-{os.getpid()}"
+    if final.exists():  # moved aside, not deleted, until the new one is in place
+        shutil.rmtree(aside, ignore_errors=True)
+        final.rename(aside)
     os.replace(temp, final)
+    shutil.rmtree(aside, ignore_errors=True)
     for old in list_checkpoints(run_dir)[keep:]:
         shutil.rmtree(old.path, ignore_errors=True)
     return Checkpoint(final, step)

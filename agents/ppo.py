@@ -17,6 +17,7 @@ from stable_baselines3.common.logger import HParam, Logger, make_output_format
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor, VecNormalize
 
 from hyperpilot.agents.callbacks import (
+    NOT_TEXT,
     CheckpointCallback,
     InnerMetricsCallback,
     StopOnSignal,
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 
 PILOT = "pilot"
 PILOT_BEST = "pilot-best"
-_NOT_TEXT = ("stdout", "log", "json", "csv")
 
 
 @dataclass(frozen=True)
@@ -214,7 +214,7 @@ def init_from_bundle(model: PPO, venv: VecEnv, bundle: PolicyBundle) -> None:
 
 def _log_config(model: PPO, config: TrainConfig, command: str) -> None:
     text = yaml.safe_dump(config.to_dict(), sort_keys=False)
-    model.logger.record("config", f"```\n{command}\n\n{text}```", _NOT_TEXT)
+    model.logger.record("config", f"```\n{command}\n\n{text}```", NOT_TEXT)
     flat = {
         "env.n": config.env.n,
         "env.decision_interval": config.env.decision_interval,
@@ -228,7 +228,7 @@ def _log_config(model: PPO, config: TrainConfig, command: str) -> None:
         },
     }
     metrics = {"eval/final_val_loss": 0.0, "meta/final_val_loss": 0.0}
-    model.logger.record("hparams", HParam(flat, metrics), _NOT_TEXT)
+    model.logger.record("hparams", HParam(flat, metrics), NOT_TEXT)
     model.logger.dump(model.num_timesteps)
 
 

@@ -18,6 +18,7 @@ from hyperpilot.envs.tasks.base import (
     draw,
     draw_int,
     flip_labels,
+    instance_from_splits,
     mlp,
     standardize,
     torch_generator,
@@ -368,19 +369,20 @@ class MultitaskBlobs(_BlobsFamily):
         def target(labels: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
             return torch.stack([labels.to(torch.float32), values], dim=1)
 
-        return TaskInstance(
-            family=self.name,
-            model=model,
-            x_train=x_train,
-            y_train=target(l_train, v_train),
-            x_val=x_val,
-            y_val=target(l_val, v_val),
-            x_test=x_test,
-            y_test=target(l_test, v_test),
+        return instance_from_splits(
+            self.name,
+            model,
+            (
+                x_train,
+                target(l_train, v_train),
+                x_val,
+                target(l_val, v_val),
+                x_test,
+                target(l_test, v_test),
+            ),
             loss=multitask_loss,
             batch_size=self.batch_size,
-            horizon=knobs["horizon"],
-            data_seed=int(rng.integers(2**62)),
-            accuracy=multitask_accuracy,
             knobs=knobs,
+            rng=rng,
+            accuracy=multitask_accuracy,
         )

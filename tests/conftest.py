@@ -35,17 +35,26 @@ def train_tiny_ppo(net_arch=(16, 16), activation="tanh", normalize=True, **setti
     return model, venv, env
 
 
+def save_tiny_bundle(path, model, venv, env, *, default_clip=1.0, training=None):
+    """Saves `train_tiny_ppo`'s model as a bundle (no obs statistics without VecNormalize)."""
+    normalized = isinstance(venv, VecNormalize)
+    return save_bundle(
+        path,
+        policy=model.policy,
+        obs_rms=venv.obs_rms if normalized else None,
+        clip_obs=venv.clip_obs if normalized else 10.0,
+        epsilon=venv.epsilon if normalized else 1e-8,
+        settings=env.settings,
+        default_clip=default_clip,
+        training=training,
+    )
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
     """A bundle folder holding a PPO policy trained for 64 steps on quadratic_2d."""
-    model, venv, env = train_tiny_ppo()
-    return save_bundle(
+    return save_tiny_bundle(
         tmp_path_factory.mktemp("bundle") / "pilot",
-        policy=model.policy,
-        obs_rms=venv.obs_rms,
-        clip_obs=venv.clip_obs,
-        epsilon=venv.epsilon,
-        settings=env.settings,
-        default_clip=1.0,
+        *train_tiny_ppo(),
         training={"command": "tests/conftest.py", "timesteps": 64},
     )

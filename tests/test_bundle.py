@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from conftest import train_tiny_ppo
-from stable_baselines3.common.vec_env import VecNormalize
+from conftest import save_tiny_bundle, train_tiny_ppo
 from torch import nn
 
 from hyperpilot._version import __version__
@@ -20,7 +19,6 @@ from hyperpilot.bundle import (
     actor_from_policy,
     describe_bundle,
     load_bundle,
-    save_bundle,
 )
 from hyperpilot.envs.features import FEATURES_VERSION, OBS_NAMES
 
@@ -37,17 +35,9 @@ def _trained(net_arch=(32, 32), activation="tanh", normalize=True, **settings):
     return train_tiny_ppo(net_arch, activation, normalize, **settings)
 
 
-def _save(path, model, venv, env, **kwargs):
-    normalized = isinstance(venv, VecNormalize)
-    return save_bundle(
-        path,
-        policy=model.policy,
-        obs_rms=venv.obs_rms if normalized else None,
-        clip_obs=venv.clip_obs if normalized else 10.0,
-        epsilon=venv.epsilon if normalized else 1e-8,
-        settings=env.settings,
-        default_clip=kwargs.pop("default_clip", 1.0),
-        training=kwargs.pop("training", TRAINING),
+def _save(path, model, venv, env, default_clip=1.0):
+    return save_tiny_bundle(
+        path, model, venv, env, default_clip=default_clip, training=TRAINING
     )
 
 

@@ -8,11 +8,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import train_tiny_ppo
+from conftest import save_tiny_bundle, train_tiny_ppo
 from torch import nn
 
 from hyperpilot.agents.pilot import Pilot
-from hyperpilot.bundle import load_bundle, save_bundle
+from hyperpilot.bundle import load_bundle
 from hyperpilot.envs.engine import BatchedEngine, MinibatchOrder
 from hyperpilot.envs.episodes import Episode
 from hyperpilot.envs.tasks import make_family
@@ -25,15 +25,8 @@ def _make_bundle(path, action_mode):
     model, venv, env = train_tiny_ppo((16,), action_mode=action_mode)
     with torch.no_grad():  # PPO starts with near-zero actions; make them matter
         model.policy.action_net.weight.mul_(30.0)
-    return save_bundle(
-        path,
-        policy=model.policy,
-        obs_rms=venv.obs_rms,
-        clip_obs=venv.clip_obs,
-        epsilon=venv.epsilon,
-        settings=env.settings,
-        default_clip=0.05,  # low enough that steps are clipped
-    )
+    # default clip low enough that steps are clipped
+    return save_tiny_bundle(path, model, venv, env, default_clip=0.05)
 
 
 @pytest.fixture(scope="module")

@@ -97,7 +97,8 @@ def test_pilot_bundle_acts_like_the_trained_policy(smoke_run):
     pilot = Pilot.load(smoke_run / "pilot")
     obs = np.stack([model.observation_space.sample() for _ in range(64)])
     normalized = np.clip(
-        (obs - np.array(stats["mean"])) / np.sqrt(np.array(stats["var"]) + 1e-8),
+        (obs - np.array(stats["mean"]))
+        / np.sqrt(np.array(stats["var"]) + stats["epsilon"]),
         -stats["clip_obs"],
         stats["clip_obs"],
     ).astype(np.float32)

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from hyperpilot.envs.actions import Hyperparams, base_schedule, decode_action
+from hyperpilot.envs.actions import Hyperparams, decode_in_run
 from hyperpilot.envs.engine import BatchedEngine, Transition
 
 
@@ -138,12 +138,15 @@ class PolicyController:
     def act(self, state: ControllerState) -> Hyperparams:
         """Decodes the policy's action exactly as the environment does."""
         assert self.spec is not None, "reset() first"
-        base = None
-        if self.action_mode == "residual":
-            base = base_schedule(self.spec.initial, state.step, state.total_steps)
         action = self.actions(state).to(state.hparams.lr)
-        return decode_action(
-            action, state.hparams, self.controlled, self.action_mode, base
+        return decode_in_run(
+            action,
+            state.hparams,
+            self.spec.initial,
+            state.step,
+            state.total_steps,
+            self.controlled,
+            self.action_mode,
         )
 
 

@@ -74,7 +74,7 @@ import numpy as np
 import torch
 
 from hyperpilot.bundle import PolicyBundle, load_bundle
-from hyperpilot.envs.actions import Hyperparams, base_schedule, decode_action
+from hyperpilot.envs.actions import Hyperparams, decode_in_run
 from hyperpilot.envs.features import FeatureTracker
 from hyperpilot.envs.optim import CLIP_EPS
 
@@ -467,12 +467,14 @@ class Pilot:
         self._write()
 
     def _decode(self, action: torch.Tensor) -> Hyperparams:
-        base = None
-        if self.action_mode == "residual":
-            step, total = torch.tensor([self._steps]), torch.tensor([self._total])
-            base = base_schedule(self._initial, step, total)
-        new = decode_action(
-            action.to(_F64), self._hparams, self.controlled, self.action_mode, base
+        new = decode_in_run(
+            action.to(_F64),
+            self._hparams,
+            self._initial,
+            torch.tensor([self._steps]),
+            torch.tensor([self._total]),
+            self.controlled,
+            self.action_mode,
         )
         if not self._has_betas:
             new = Hyperparams(new.lr, self._hparams.beta1, new.clip)

@@ -183,3 +183,21 @@ def decode_action(
         _, _, step, sign = _LOG_BOUNDS[name]
         z[:, index] = z[:, index] + sign * step * action[:, column]
     return Hyperparams.from_log_coordinates(z)
+
+
+def decode_in_run(
+    action: torch.Tensor,
+    current: Hyperparams,
+    initial: Hyperparams,
+    step: torch.Tensor,
+    total: torch.Tensor,
+    controlled: tuple[str, ...] = HPARAM_NAMES,
+    mode: ActionMode = "compound",
+) -> Hyperparams:
+    """`decode_action` for runs at inner step `step` of `total`, started at `initial`.
+
+    In residual mode the base schedule comes from those three; the engine, the
+    evaluation controllers and the deployed pilot all decode through here.
+    """
+    base = base_schedule(initial, step, total) if mode == "residual" else None
+    return decode_action(action, current, controlled, mode, base)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call, grad_and_value, vmap
 
-from hyperpilot.envs.actions import Hyperparams, base_schedule, decode_action
+from hyperpilot.envs.actions import Hyperparams, decode_in_run
 from hyperpilot.envs.episodes import Episode
 from hyperpilot.envs.features import N_FEATURES, FeatureTracker
 from hyperpilot.envs.optim import BatchedAdam, clip_by_global_norm, row_dot
@@ -264,16 +264,15 @@ class BatchedEngine:
 
     def decode(self, action: torch.Tensor) -> Hyperparams:
         """The hyperparameters that `action` `[N, k]` asks for (see `decode_action`)."""
-        base = None
-        if self.settings.action_mode == "residual":
-            base = base_schedule(self.initial, self.step_count, self.horizon)
         action = torch.as_tensor(action, device=self.device, dtype=self.dtype)
-        return decode_action(
+        return decode_in_run(
             action,
             self.hparams,
+            self.initial,
+            self.step_count,
+            self.horizon,
             self.settings.controlled,
             self.settings.action_mode,
-            base,
         )
 
     def act(self, action: torch.Tensor) -> Transition:

@@ -30,6 +30,7 @@ from hyperpilot.envs.vec_env import (
     Group,
     SharedRunsVecEnv,
     groups_from,
+    slices_of,
 )
 
 RAY_MISSING = "the Ray backend needs Ray: pip install 'hyperpilot[ray]'"
@@ -213,8 +214,7 @@ class BucketWorker:
             BatchedTrainingVecEnv(groups=shard, device=device, **settings)
             for shard, device in zip(shards, devices)
         ]
-        bounds = [0, *itertools.accumulate(env.num_envs for env in self.envs)]
-        self.slices = [slice(a, b) for a, b in itertools.pairwise(bounds)]
+        self.slices = slices_of(env.num_envs for env in self.envs)
 
     def ready(self) -> dict[str, Any]:
         """Where this worker runs (answers once the envs are built)."""
@@ -311,13 +311,10 @@ class RayVecEnv(SharedRunsVecEnv):
         self.assignment: list[list[Group]] = [
             [g for shard in mine for g in shard] for mine in shards_of
         ]
-        bounds = [
-            0,
-            *itertools.accumulate(sum(g.n for g in a) for a in self.assignment),
-        ]
-        self.worker_slices = [slice(a, b) for a, b in itertools.pairwise(bounds)]
+        self.worker_slices = slices_of(sum(g.n for g in a) for a in self.assignment)
         self.render_mode = None  # nothing to render; read by VecEnv.__init__
-        super().__init__(bounds[-1], observation_space(), action_space(self.settings))
+        total = self.worker_slices[-1].stop
+        super().__init__(total, observation_space(), action_space(self.settings))
 
         check_resources(workers, cpus_per_worker, gpus_per_worker)
         self._ray = ray

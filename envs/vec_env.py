@@ -39,6 +39,12 @@ class Group:
     n: int
 
 
+def slices_of(sizes: Iterable[int]) -> list[slice]:
+    """Consecutive slices of the given sizes: `[0:a]`, `[a:a+b]`, ..."""
+    bounds = [0, *itertools.accumulate(sizes)]
+    return [slice(a, b) for a, b in itertools.pairwise(bounds)]
+
+
 def groups_from(
     *,
     family: str | None = None,
@@ -152,9 +158,8 @@ class BatchedTrainingVecEnv(SharedRunsVecEnv):
         self.settings = EnvSettings.from_kwargs(**settings)
         self.families: list[TaskFamily] = [g.spec.build() for g in self.groups]
         self.engines = [BatchedEngine(g.n, self.settings) for g in self.groups]
-        bounds = np.cumsum([0] + [g.n for g in self.groups])
-        self.slices = [slice(a, b) for a, b in itertools.pairwise(bounds)]
-        total = int(bounds[-1])
+        self.slices = slices_of(g.n for g in self.groups)
+        total = self.slices[-1].stop
         self.render_mode = None  # nothing to render; read by VecEnv.__init__
         super().__init__(total, observation_space(), action_space(self.settings))
         self._rngs: list[np.random.Generator | None] = [None] * total

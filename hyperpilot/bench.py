@@ -201,7 +201,7 @@ def ray_throughput(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     `min(workers, N)` actors (with `--device cuda`, one GPU each).
     """
     from hyperpilot import ray_backend
-    from hyperpilot.cli import configure_process
+    from hyperpilot.cli import configure_process, connect_ray
     from hyperpilot.envs import BatchedTrainingVecEnv
     from hyperpilot.envs.ray_vec_env import RayVecEnv
 
@@ -209,7 +209,7 @@ def ray_throughput(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     k = 10
     settings = {"device": args.device, "decision_interval": k}
     gpus = 1.0 if args.device.startswith("cuda") else 0.0
-    started = ray_backend.connect(args.ray_address)
+    started = connect_ray(args.ray_address)  # no cluster there: a one-line error
     rows = []
     try:
         for n in (int(v) for v in args.n.split(",")):

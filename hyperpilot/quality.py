@@ -37,18 +37,11 @@ def _per_pair(rows: list[dict], method: str) -> dict[tuple[str, int], float]:
     }
 
 
-def _ratio_to(rows: list[dict], method: str, other: str, tasks: Sequence[str]) -> float:
+def _ratio_to(summary: dict, method: str, other: str, tasks: Sequence[str]) -> float:
     """Median over tasks of (median test loss of `method`) / (that of `other`)."""
-    ratios = []
-    for task in tasks:
-        mine = [
-            r["test_loss"] for r in rows if r["method"] == method and r["task"] == task
-        ]
-        theirs = [
-            r["test_loss"] for r in rows if r["method"] == other and r["task"] == task
-        ]
-        if mine and theirs:
-            ratios.append(float(np.median(mine)) / float(np.median(theirs)))
+    mine = summary.get(method, {}).get("median_test_loss", {})
+    theirs = summary.get(other, {}).get("median_test_loss", {})
+    ratios = [mine[t] / theirs[t] for t in tasks if t in mine and t in theirs]
     return float(np.median(ratios)) if ratios else math.nan
 
 
@@ -153,14 +146,14 @@ def _targets(
                 f"- score B above {control}: {b_pilot:.3f} vs {b_control:.3f} -> "
                 f"{holds(b_pilot > b_control)}"
             )
-    ratio = _ratio_to(rows, "pilot", "tuned_cosine", labels)
+    ratio = _ratio_to(summary, "pilot", "tuned_cosine", labels)
     line = (
         f"- median final test loss within 5% of tuned cosine: pilot / tuned cosine = "
         f"{ratio:.3f} -> {holds(ratio <= 1.05)}"
     )
     long = [t for t in labels if "horizon=" in t]
     if long:
-        long_ratio = _ratio_to(rows, "pilot", "tuned_cosine", long)
+        long_ratio = _ratio_to(summary, "pilot", "tuned_cosine", long)
         line += f"; on the 2x / 4x horizons: {long_ratio:.3f} -> {holds(long_ratio <= 1.05)}"
     lines.append(line)
     normal_pilot = _per_pair(rows, "pilot")

@@ -18,12 +18,10 @@ import torch
 
 from hyperpilot.agents.controllers import ControllerState, PolicyController, RunSpec
 from hyperpilot.envs.actions import (
-    ACTION_MODES,
     ACTION_RANGES,
     HPARAM_NAMES,
     LR_RANGE,
     Hyperparams,
-    validate_controlled,
     warmup_cosine,
 )
 
@@ -350,14 +348,8 @@ class RandomControl(PolicyController):
     def __init__(
         self, controlled: tuple[str, ...], action_mode: str, seed: int
     ) -> None:
-        if action_mode not in ACTION_MODES:
-            raise ValueError(
-                f"action mode {action_mode!r} is invalid; choose from {ACTION_MODES}"
-            )
         self.generator = torch.Generator().manual_seed(seed)
-        super().__init__(
-            self._draw, validate_controlled(controlled), action_mode, "random"
-        )
+        super().__init__(self._draw, controlled, action_mode, "random")
 
     def _draw(self, features: torch.Tensor) -> torch.Tensor:
         shape = (features.shape[0], len(self.controlled))

@@ -13,7 +13,12 @@ from typing import Protocol
 
 import torch
 
-from hyperpilot.envs.actions import Hyperparams, decode_in_run
+from hyperpilot.envs.actions import (
+    ACTION_MODES,
+    Hyperparams,
+    decode_in_run,
+    validate_controlled,
+)
 from hyperpilot.envs.engine import BatchedEngine, Transition
 
 
@@ -121,8 +126,12 @@ class PolicyController:
         action_mode: str,
         name: str = "pilot",
     ) -> None:
+        if action_mode not in ACTION_MODES:
+            raise ValueError(
+                f"action mode {action_mode!r} is invalid; choose from {ACTION_MODES}"
+            )
         self.policy = policy
-        self.controlled = controlled
+        self.controlled = validate_controlled(controlled)
         self.action_mode = action_mode
         self.name = name
         self.spec: RunSpec | None = None

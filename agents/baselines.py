@@ -273,11 +273,11 @@ class AutoClip:
     def act(self, state: ControllerState) -> Hyperparams:
         """Adds the window's norms to the history and clips at its percentile."""
         if state.grad_norms.numel():
-            self.history.append(state.grad_norms.to(_F64))
+            norms = state.grad_norms.to(_F64)  # a non-finite norm is left out
+            self.history.append(torch.where(norms.isfinite(), norms, torch.nan))
         if not self.history:
             return _set(state.hparams, lr=self.lr)
         norms = torch.cat(self.history, dim=1)
-        norms = torch.where(norms.isfinite(), norms, torch.nan)
         clip = torch.nanquantile(norms, self.percentile / 100.0, dim=1)
         clip = torch.where(clip.isnan(), state.hparams.clip.to(clip), clip)
         return _set(state.hparams, lr=self.lr, clip=clip)

@@ -652,7 +652,7 @@ def _resolve_buckets(values: dict[str, Any]) -> None:
         else:
             path = "env.family" if split is None else "env.split"
         try:
-            bucket.spec.build()  # cheap: families draw their data at sample time
+            bucket.spec.build()  # families draw data at sample time (data_file reads its file)
         except ValueError as error:
             raise ConfigError(f"{path}: {error}") from None
 

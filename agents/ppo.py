@@ -67,12 +67,6 @@ def default_clip(settings: EnvSettings) -> float:
     return math.sqrt(low * high)
 
 
-def settings_kwargs(settings: EnvSettings, **changes: object) -> dict[str, object]:
-    """`EnvSettings` as keyword arguments for an env view, with `changes` applied."""
-    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
-    return {**values, **changes}
-
-
 def build_venv(
     config: TrainConfig,
     run_dir: Path,
@@ -125,7 +119,7 @@ def validator(
     eval_env = BatchedTrainingVecEnv(
         split=config.eval.split,
         n=config.eval.instances * len(families),
-        **settings_kwargs(settings, val_drop_prob=0.0),
+        **dataclasses.replace(settings, val_drop_prob=0.0).to_kwargs(),
     )
 
     def act(obs: np.ndarray) -> np.ndarray:

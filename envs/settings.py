@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import torch
@@ -86,6 +86,10 @@ class EnvSettings:
         if "controlled" in kwargs:
             kwargs["controlled"] = tuple(kwargs["controlled"])
         return cls(**kwargs)
+
+    def to_kwargs(self) -> dict[str, Any]:
+        """The fields as keyword arguments of an env view (`from_kwargs` accepts them)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -226,8 +226,7 @@ class EnvSection:
         """
         settings = self.settings(device)
         kwargs = self.buckets()
-        for f in dataclasses.fields(EnvSettings):
-            kwargs[f.name] = _plain(getattr(settings, f.name))
+        kwargs.update((k, _plain(v)) for k, v in settings.to_kwargs().items())
         return kwargs
 
 

@@ -21,6 +21,8 @@ import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
+from hyperpilot.runtime import replace_directory
+
 CHECKPOINTS = "checkpoints"
 _PREFIX = "step_"
 
@@ -86,12 +88,7 @@ def save_checkpoint(run_dir: Path, model: PPO, keep: int) -> Checkpoint:
     (temp / "rng.json").write_text(json.dumps(rng))
     torch.save({"cpu": torch.random.get_rng_state()}, temp / "torch_rng.pt")
     (temp / "meta.json").write_text(json.dumps({"step": step}))
-    aside = root / f".old-{final.name}-{os.getpid()}"
-    if final.exists():  # moved aside, not deleted, until the new one is in place
-        shutil.rmtree(aside, ignore_errors=True)
-        final.rename(aside)
-    os.replace(temp, final)
-    shutil.rmtree(aside, ignore_errors=True)
+    replace_directory(temp, final)
     for old in list_checkpoints(run_dir)[keep:]:
         shutil.rmtree(old.path, ignore_errors=True)
     return Checkpoint(final, step)

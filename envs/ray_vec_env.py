@@ -207,7 +207,7 @@ class BucketWorker:
         devices: Sequence[str],
         settings: Mapping[str, Any],
     ) -> None:
-        from hyperpilot.cli import configure_process
+        from hyperpilot.runtime import configure_process
 
         configure_process(1)  # this actor's own process: one torch thread
         self.envs = [

@@ -147,8 +147,8 @@ def throughput(argv: Sequence[str] | None = None) -> int:
 
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from hyperpilot.cli import configure_process
     from hyperpilot.envs import BatchedTrainingVecEnv, InnerTrainingEnv
+    from hyperpilot.runtime import configure_process
 
     configure_process()
     k = 10
@@ -201,9 +201,10 @@ def ray_throughput(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
     `min(workers, N)` actors (with `--device cuda`, one GPU each).
     """
     from hyperpilot import ray_backend
-    from hyperpilot.cli import configure_process, connect_ray
+    from hyperpilot.cli import connect_ray
     from hyperpilot.envs import BatchedTrainingVecEnv
     from hyperpilot.envs.ray_vec_env import RayVecEnv
+    from hyperpilot.runtime import configure_process
 
     configure_process()
     k = 10

@@ -25,7 +25,6 @@ import itertools
 import json
 import math
 import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -49,6 +48,7 @@ from hyperpilot.envs.actions import (
 )
 from hyperpilot.envs.features import FEATURES_VERSION, N_FEATURES, OBS_NAMES
 from hyperpilot.envs.settings import EnvSettings
+from hyperpilot.runtime import replace_directory
 
 FORMAT_VERSION: Final = "1.0"
 """`major.minor`: bump the major when an older package could misread a bundle."""
@@ -433,31 +433,10 @@ def _replace_dir_atomically(
         safetensors.torch.save_file(
             tensors, str(staging / SAFETENSORS_FILE), metadata={"format": "pt"}
         )
-        for file in staging.iterdir():
-            _fsync(file)
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.old-{secrets.token_hex(4)}"
-            path.rename(old)
-        try:
-            staging.rename(path)
-        except OSError:
-            if old is not None:
-                old.rename(path)
-            raise
+        replace_directory(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _fsync(file: Path) -> None:
-    fd = os.open(file, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _json_safe(value: Any) -> Any:

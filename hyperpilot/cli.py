@@ -10,23 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hyperpilot._version import __version__
+from hyperpilot.runtime import configure_process
 
 
 class UserError(Exception):
     """Bad input from the user: reported as one line, exit code 2."""
-
-
-def configure_process(threads: int = 1) -> None:
-    """Process-wide torch settings for our own entry points (never set on import).
-
-    One thread per engine process was fastest on 2-core CPUs (2 threads were 2-20x
-    slower under load), and flushing denormals avoids a 1.7x slowdown from the tiny
-    values aggressive learning rates produce.
-    """
-    import torch
-
-    torch.set_num_threads(threads)
-    torch.set_flush_denormal(True)
 
 
 def add_backend_flags(

@@ -14,7 +14,6 @@ import dataclasses
 import importlib.util
 import json
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from hyperpilot.envs.tasks.splits import (
     load_split,
     parse_families,
 )
+from hyperpilot.runtime import atomic_write_text
 
 TUNED = {
     "tuned_constant": "constant",
@@ -320,10 +320,7 @@ def load_record(path: Path) -> dict[str, Any] | None:
 
 def save_record(path: Path, record: dict[str, Any]) -> None:
     """Writes a job record atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_suffix(f".tmp{os.getpid()}")
-    temp.write_text(json.dumps(record))
-    os.replace(temp, path)
+    atomic_write_text(path, json.dumps(record))
 
 
 @dataclass

@@ -77,7 +77,7 @@ def quality(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--md", type=Path, default=BENCHMARKS_MD, help="results file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    from hyperpilot.cli import configure_process
+    from hyperpilot.runtime import configure_process
 
     configure_process()
     bundle = load_bundle(args.pilot)

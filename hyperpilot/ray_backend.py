@@ -120,8 +120,8 @@ def shutdown() -> None:
 
 def _run_job_remote(**kwargs: Any) -> dict[str, Any]:
     """One evaluation job inside a Ray worker: one torch thread, as run locally."""
-    from hyperpilot.cli import configure_process
     from hyperpilot.evaluation import run_job
+    from hyperpilot.runtime import configure_process
 
     configure_process(1)  # the worker's own process, as `hyperpilot evaluate` does
     return run_job(**kwargs)

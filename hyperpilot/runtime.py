@@ -1,0 +1,85 @@
+"""The runtime layer under everything else: process settings and atomic writes.
+
+Nothing here imports another hyperpilot module, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def configure_process(threads: int = 1) -> None:
+    """Process-wide torch settings for our own entry points (never set on import).
+
+    One thread per engine process was fastest on 2-core CPUs (2 threads were 2-20x
+    slower under load), and flushing denormals avoids a 1.7x slowdown from the tiny
+    values aggressive learning rates produce. Library code a user imports (the
+    `Pilot`, the envs) never calls this.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+
+
+def _fsync(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yields a temporary path beside `path`; on success it replaces `path` at once.
+
+    Write the file to the yielded path. If the block raises, the temporary file is
+    removed and `path` is left as it was, so a reader sees the old file or the new
+    one, never half of one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        yield temp
+        _fsync(temp)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Writes `text` (UTF-8) to `path` atomically (temporary file, then rename)."""
+    with atomic_path(path) as temp:
+        temp.write_text(text, encoding="utf-8")
+
+
+def replace_directory(staging: Path, path: Path) -> None:
+    """Moves the complete directory `staging` to `path`, replacing what is there.
+
+    An existing `path` is renamed aside first and deleted only once the new one is
+    in place, so a crash leaves the old or the new directory at `path` (plus, at
+    worst, a hidden `.<name>.old-*` directory beside it), never a half-written one.
+    The files in `staging` are flushed to disk before the rename.
+    """
+    for file in staging.rglob("*"):
+        if file.is_file():
+            _fsync(file)
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{secrets.token_hex(4)}")
+        path.rename(old)
+    try:
+        staging.rename(path)
+    except OSError:
+        if old is not None:
+            old.rename(path)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -11,6 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure as PlotFigure
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Figure
+from torch.utils.tensorboard import SummaryWriter
 
 from hyperpilot.agents.checkpoints import save_checkpoint
 from hyperpilot.agents.rollout import TRACE_KEYS, EpisodeTrace
@@ -184,8 +185,6 @@ def plot_traces(traces: list[EpisodeTrace], title: str) -> PlotFigure:
 
 def write_trace_scalars(folder: Path, traces: list[EpisodeTrace]) -> None:
     """One TensorBoard folder per run with `inner/*` and `hparams/*` per inner step."""
-    from torch.utils.tensorboard import SummaryWriter
-
     for i, trace in enumerate(traces):
         with SummaryWriter(str(folder / f"{trace.task}_{i}")) as writer:
             for index, step in enumerate(trace.inner_steps):

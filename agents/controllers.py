@@ -19,7 +19,7 @@ from hyperpilot.envs.actions import (
     decode_in_run,
     validate_controlled,
 )
-from hyperpilot.envs.engine import BatchedEngine, Transition
+from hyperpilot.envs.engine import Transition
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,28 @@ class ControllerState:
     hparams: Hyperparams
 
 
+class InnerRuns(Protocol):
+    """What a rollout needs of the runs it steers, right after their `start`.
+
+    A `BatchedEngine`, or for an optimizer that replaces Adam a `TorchOptimizerRun`.
+    """
+
+    n: int
+    k: int
+    device: torch.device
+    families: list[str]
+    step_count: torch.Tensor
+    horizon: torch.Tensor
+    running: torch.Tensor
+    last_obs: torch.Tensor
+    last_val: torch.Tensor
+    hparams: Hyperparams
+    initial: Hyperparams
+
+    def advance(self, hparams: Hyperparams) -> Transition:
+        """Trains one decision window under `hparams`."""
+
+
 class Controller(Protocol):
     """Anything that steers runs: the pilot, a schedule, a control."""
 
@@ -78,7 +100,7 @@ class Controller(Protocol):
         """The hyperparameters for the next K inner steps."""
 
 
-def start_state(engine: BatchedEngine) -> ControllerState:
+def start_state(engine: InnerRuns) -> ControllerState:
     """The state right after `engine.start`, before the first decision."""
     n = engine.n
     nan = torch.full((n,), torch.nan, dtype=torch.float64, device=engine.device)
@@ -94,7 +116,7 @@ def start_state(engine: BatchedEngine) -> ControllerState:
     )
 
 
-def next_state(engine: BatchedEngine, transition: Transition) -> ControllerState:
+def next_state(engine: InnerRuns, transition: Transition) -> ControllerState:
     """The state after a decision window."""
     return ControllerState(
         features=transition.obs,
@@ -159,8 +181,25 @@ class PolicyController:
         )
 
 
+class HoldValues:
+    """Keeps the values in force: for runs whose optimizer sets its own step sizes.
+
+    `TorchOptimizerRun` ignores the hyperparameters it is given (Schedule-Free
+    AdamW and Prodigy choose their own), so its controller only has to exist.
+    """
+
+    name = "hold"
+
+    def reset(self, spec: RunSpec) -> None:
+        """Nothing to remember."""
+
+    def act(self, state: ControllerState) -> Hyperparams:
+        """The values in force."""
+        return state.hparams
+
+
 def run_episode(
-    engine: BatchedEngine, controller: Controller, on_decision=None
+    engine: InnerRuns, controller: Controller, on_decision=None
 ) -> ControllerState:
     """Runs every run of a freshly started engine to its end under `controller`.
 

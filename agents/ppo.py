@@ -7,7 +7,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import yaml
@@ -35,12 +35,9 @@ from hyperpilot.agents.rollout import EpisodeTrace, first_episodes
 from hyperpilot.bundle import BundleError, PolicyBundle, load_bundle, save_bundle
 from hyperpilot.config import TrainConfig
 from hyperpilot.envs import BatchedTrainingVecEnv
-from hyperpilot.envs.ray_vec_env import WorkerDiedError
+from hyperpilot.envs.ray_vec_env import RayVecEnv, WorkerDiedError
 from hyperpilot.envs.settings import EnvSettings
 from hyperpilot.envs.tasks.splits import load_split
-
-if TYPE_CHECKING:
-    from hyperpilot.ray_backend import RayOptions
 
 PILOT = "pilot"
 PILOT_BEST = "pilot-best"
@@ -71,20 +68,19 @@ def build_venv(
     config: TrainConfig,
     run_dir: Path,
     monitor_name: str,
-    backend: RayOptions | None = None,
+    ray_workers: dict[str, Any] | None = None,
 ) -> VecEnv:
     """The training VecEnv: batched runs, `VecMonitor`, and optionally `VecNormalize`.
 
-    With `backend` the runs go to Ray actors (`RayVecEnv`); the wrappers are the same.
+    With `ray_workers` (`RayVecEnv`'s `workers`, `gpus_per_worker`) the runs go to
+    Ray actors; the wrappers are the same.
     """
-    if backend is None:
+    if ray_workers is None:
         venv = BatchedTrainingVecEnv(**config.env.venv_kwargs(config.run.device))
     else:
-        from hyperpilot.envs.ray_vec_env import RayVecEnv
-
         # Validated for the driver's CPU: the workers resolve the device themselves.
         kwargs = {**config.env.venv_kwargs("cpu"), "device": config.run.device}
-        venv = RayVecEnv(**kwargs, **backend.venv_kwargs())
+        venv = RayVecEnv(**kwargs, **ray_workers)
     (run_dir / "monitor").mkdir(parents=True, exist_ok=True)
     venv = VecMonitor(
         venv,
@@ -233,7 +229,7 @@ def train(
     command: str,
     resume: bool = False,
     init_from: PolicyBundle | None = None,
-    backend: RayOptions | None = None,
+    ray_workers: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Meta-trains (or resumes) a pilot; writes everything under `run_dir`.
 
@@ -243,8 +239,9 @@ def train(
         command: The command line, stored in the bundles.
         resume: Continue from the newest checkpoint in `run_dir`.
         init_from: A bundle (checked with `check_init_bundle`) to start the actor from.
-        backend: Ray options: the inner runs go to Ray actors (`RayVecEnv`). When
-            one dies, the run ends with a checkpoint and `worker_died` set.
+        ray_workers: `RayVecEnv`'s `workers` and `gpus_per_worker`: the inner runs
+            go to Ray actors. When one dies, the run ends with a checkpoint and
+            `worker_died` set.
 
     Raises:
         ValueError: For a run folder without checkpoints when resuming.
@@ -252,14 +249,14 @@ def train(
     if resume:
         checkpoint = find_checkpoint(run_dir)
         suffix = f"_resume{checkpoint.step}"
-        venv = build_venv(config, run_dir, f"resume{checkpoint.step}", backend)
+        venv = build_venv(config, run_dir, f"resume{checkpoint.step}", ray_workers)
         if checkpoint.vecnormalize is not None:
             venv = VecNormalize.load(str(checkpoint.vecnormalize), venv.venv)
         model = PPO.load(checkpoint.model, env=venv, device=config.run.policy_device)
         restore_rng(checkpoint)
     else:
         suffix = ""
-        venv = build_venv(config, run_dir, "train", backend)
+        venv = build_venv(config, run_dir, "train", ray_workers)
         model = PPO(
             "MlpPolicy",
             venv,

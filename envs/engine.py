@@ -26,6 +26,19 @@ from hyperpilot.envs.settings import EnvSettings, resolve_device
 from hyperpilot.envs.tasks.base import TaskInstance
 
 
+def is_divergence(
+    loss: torch.Tensor, first_loss: torch.Tensor, factor: float
+) -> torch.Tensor:
+    """`[N]` whether each loss marks a divergence: the one rule for every inner run.
+
+    A loss diverges when it is not finite, or exceeds `factor` times the run's first
+    loss (before a first loss is known, only a non-finite loss does). The engine, the
+    library-optimizer runs and the deployed `Pilot` all decide with this function.
+    """
+    limit = torch.where(torch.isnan(first_loss), math.inf, factor * first_loss)
+    return ~torch.isfinite(loss) | (loss.to(torch.float64) > limit)
+
+
 class MinibatchOrder:
     """Per-run shuffled minibatches: each run walks its own random permutations.
 
@@ -301,10 +314,9 @@ class BatchedEngine:
                 out=self._grad_buffers[self._parity],
             )
             loss = loss.detach()
-            first = self.tracker.first_loss
-            limit = torch.where(torch.isnan(first), math.inf, limit_factor * first)
-            bad = ~torch.isfinite(loss) | (loss.to(torch.float64) > limit)
-            diverged |= running & bad
+            diverged |= running & is_divergence(
+                loss, self.tracker.first_loss, limit_factor
+            )
             active = running & ~diverged & (self.step_count < self.horizon)
             grad_dot_prev = row_dot(grad, self.prev_grad)
             update_dot += row_dot(grad, self.prev_update).to(torch.float64)

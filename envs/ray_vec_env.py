@@ -32,6 +32,7 @@ from hyperpilot.envs.vec_env import (
     groups_from,
     slices_of,
 )
+from hyperpilot.runtime import configure_process
 
 RAY_MISSING = "the Ray backend needs Ray: pip install 'hyperpilot[ray]'"
 
@@ -207,8 +208,6 @@ class BucketWorker:
         devices: Sequence[str],
         settings: Mapping[str, Any],
     ) -> None:
-        from hyperpilot.runtime import configure_process
-
         configure_process(1)  # this actor's own process: one torch thread
         self.envs = [
             BatchedTrainingVecEnv(groups=shard, device=device, **settings)

@@ -3,25 +3,31 @@
 Each arm is the default config with a few `--set` overrides and a short budget,
 trained with several seeds. Its best-on-val pilot is then evaluated on the `val`
 task split (never `heldout`, which stays for the final judgement) against constant
-Adam. Finished runs and evaluations are reused, so the script resumes where it
-stopped; results are appended to docs/BENCHMARKS.md.
+Adam. Finished runs and evaluations are reused, so a second call resumes where the
+first stopped; results are appended to docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import platform
 import shlex
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from hyperpilot import evaluation, report, training
+from hyperpilot.agents.checkpoints import list_checkpoints
+from hyperpilot.agents.ppo import TrainResult
 from hyperpilot.bench import BENCHMARKS_MD
+from hyperpilot.config import load_config
+from hyperpilot.envs.tasks.splits import load_split
+from hyperpilot.runtime import UserError
 
 # arm name -> overrides of configs/train/default.yaml
 ARMS: dict[str, list[str]] = {
@@ -38,122 +44,135 @@ ARMS: dict[str, list[str]] = {
 }
 
 
-def ablations(argv: Sequence[str] | None = None) -> int:
-    """Trains and evaluates the ablation arms; appends a table to docs/BENCHMARKS.md."""
-    parser = argparse.ArgumentParser(
-        prog="hyperpilot bench ablations",
-        description="Short meta-training arms (action mode, reward, discount, "
-        "controlled set, K, validation features, task diversity), several seeds "
-        "each, evaluated on the val split against constant Adam. Resumable.",
-    )
-    parser.add_argument(
-        "--arms",
-        default=",".join(ARMS),
-        help=f"comma-separated, from: {', '.join(ARMS)}",
-    )
-    parser.add_argument(
-        "--seeds", type=int, default=2, help="meta-training seeds per arm"
-    )
-    parser.add_argument(
-        "--timesteps", type=int, default=40_000, help="meta-training steps per run"
-    )
-    parser.add_argument("--eval-seeds", type=int, default=3, help="task seeds")
-    parser.add_argument(
-        "--root", type=Path, default=Path("runs/ablations"), help="runs and caches"
-    )
-    parser.add_argument("--md", type=Path, default=BENCHMARKS_MD, help="results file")
-    args = parser.parse_args(argv)
-    args.argv = list(argv or [])
-    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+@dataclass(frozen=True)
+class AblationResult:
+    """Per arm, the pilot's summary on `val` for each meta-training seed.
+
+    `stopped` is the training run that a signal (or a lost Ray worker) ended; the
+    arms after it did not run, and nothing was appended.
+    """
+
+    results: dict[str, list[dict]]
+    stopped: TrainResult | None = None
+
+
+def check_arms(arms: Sequence[str]) -> list[str]:
+    """The arms, checked against `ARMS`.
+
+    Raises:
+        UserError: For an unknown arm.
+    """
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
-        from hyperpilot.cli import UserError
-
         raise UserError(f"unknown arms {unknown}; choose from {list(ARMS)}")
-    from hyperpilot import report
-    from hyperpilot.agents.checkpoints import list_checkpoints
-    from hyperpilot.cli import train
-    from hyperpilot.envs.tasks.splits import load_split
-    from hyperpilot.evaluation import EvalTask, evaluate
+    return list(arms)
 
-    tasks = [EvalTask(spec.label, spec) for spec in load_split("val")]
+
+def _quiet(line: str) -> None:
+    """Drops a training run's progress lines (the arms' table is what counts)."""
+
+
+def _train_arm(arm: str, seed: int, timesteps: int, run: Path) -> TrainResult | None:
+    """Trains (or resumes) one arm's run; None when its pilot already exists."""
+    if (run / "pilot").is_dir():
+        return None
+    if list_checkpoints(run):
+        config = training.load_run_config(run)
+        return training.run(config, run, command="", resume=True, log=_quiet)
+    shutil.rmtree(run, ignore_errors=True)  # stopped before its first checkpoint
+    sets = [*ARMS[arm], "logging.progress_bar=false"]
+    overrides = [*sets, f"run.seed={seed}", f"run.total_timesteps={timesteps}"]
+    argv = ["--config", "default", "--seed", str(seed), "--total-timesteps"]
+    argv += [str(timesteps), *(x for o in sets for x in ("--set", o))]
+    argv += ["--runs-root", str(run.parent), "--run-name", run.name]
+    command = shlex.join(["hyperpilot", "train", *argv])
+    config = load_config("default", overrides)
+    return training.run(config, run, command=command, log=_quiet)
+
+
+def run(
+    arms: Sequence[str] = tuple(ARMS),
+    *,
+    seeds: int = 2,
+    timesteps: int = 40_000,
+    eval_seeds: int = 3,
+    root: Path = Path("runs/ablations"),
+    md: Path = BENCHMARKS_MD,
+    command: str = "hyperpilot bench ablations",
+    log: Callable[[str], None] = print,
+) -> AblationResult:
+    """Trains and evaluates the ablation arms; appends a table to `md`.
+
+    Each arm is configs/train/default.yaml plus its overrides, trained for
+    `timesteps` meta-env steps with `seeds` seeds under `root/<arm>__s<seed>`; its
+    best-on-val pilot is evaluated on the `val` split against constant Adam.
+    Finished runs and evaluations are reused, so a second call resumes.
+
+    Raises:
+        UserError: For an unknown arm.
+    """
+    arms = check_arms(arms)
+    tasks = [evaluation.EvalTask(spec.label, spec) for spec in load_split("val")]
+    methods = ["pilot", "constant"]
     results = {}
     for arm in arms:
         per_seed = []
-        for seed in range(args.seeds):
-            run = args.root / f"{arm}__s{seed}"
-            if not (run / "pilot").is_dir():
-                common = [
-                    "--config",
-                    "default",
-                    "--seed",
-                    str(seed),
-                    "--total-timesteps",
-                    str(args.timesteps),
-                ]
-                overrides = [item for o in ARMS[arm] for item in ("--set", o)]
-                if list_checkpoints(run):
-                    code = train(["--resume", str(run)])
-                else:
-                    # stopped before its first checkpoint: nothing to keep
-                    shutil.rmtree(run, ignore_errors=True)
-                    code = train(
-                        [
-                            *common,
-                            *overrides,
-                            "--set",
-                            "logging.progress_bar=false",
-                            "--runs-root",
-                            str(args.root),
-                            "--run-name",
-                            run.name,
-                        ]
-                    )
-                if code != 0:
-                    return code
-            pilot = run / ("pilot-best" if (run / "pilot-best").is_dir() else "pilot")
-            records = evaluate(
+        for seed in range(seeds):
+            run_dir = root / f"{arm}__s{seed}"
+            trained = _train_arm(arm, seed, timesteps, run_dir)
+            if trained is not None and (
+                trained.interrupted_by is not None or trained.worker_died is not None
+            ):
+                return AblationResult(results, trained)
+            best = run_dir / "pilot-best"
+            pilot = best if best.is_dir() else run_dir / "pilot"
+            records = evaluation.evaluate(
                 str(pilot),
                 tasks,
-                args.eval_seeds,
-                ["pilot", "constant"],
-                run / "eval-val",
+                eval_seeds,
+                methods,
+                run_dir / "eval-val",
                 progress=False,
             )
-            summary = report.summarize(
-                report.method_rows(records, ["pilot", "constant"]),
-                ["pilot", "constant"],
-            )["pilot"]
-            per_seed.append(summary)
+            rows = report.method_rows(records, methods)
+            per_seed.append(report.summarize(rows, methods)["pilot"])
         results[arm] = per_seed
-    _append(args, results)
-    return 0
+    _append(md, command, results, seeds, timesteps, eval_seeds, log)
+    return AblationResult(results)
 
 
-def _append(args: argparse.Namespace, results: dict[str, list[dict]]) -> None:
+def _append(
+    md: Path,
+    command: str,
+    results: dict[str, list[dict]],
+    seeds: int,
+    timesteps: int,
+    eval_seeds: int,
+    log: Callable[[str], None],
+) -> None:
     lines = [
         f"\n## Ablations on the `val` split, {datetime.date.today().isoformat()}\n",
-        f"- command: `hyperpilot bench ablations {shlex.join(args.argv)}`",
+        f"- command: `{command}`",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU(s), torch "
         f"{torch.__version__}; each training run uses its config's `run.threads`",
-        f"- each arm: configs/train/default.yaml plus its overrides, {args.timesteps:,} "
-        f"meta-env steps, {args.seeds} meta-training seeds; its best-on-val pilot on "
-        f"the val split, {args.eval_seeds} task seeds, from lr 1e-3",
+        f"- each arm: configs/train/default.yaml plus its overrides, {timesteps:,} "
+        f"meta-env steps, {seeds} meta-training seeds; its best-on-val pilot on "
+        f"the val split, {eval_seeds} task seeds, from lr 1e-3",
         "",
         "| arm | overrides | pilot test loss / constant (median, per seed) | "
         "wins vs constant (per seed) | pilot divergences |",
         "|---|---|---|---|---|",
     ]
-    for arm, seeds in results.items():
-        ratio = ", ".join(f"{s['median_test_loss_vs_constant']:.3f}" for s in seeds)
-        wins = ", ".join(f"{s['wins_vs_constant']:.0%}" for s in seeds)
-        divergences = sum(s["divergences"] for s in seeds)
-        mean = np.mean([s["median_test_loss_vs_constant"] for s in seeds])
+    for arm, per_seed in results.items():
+        ratio = ", ".join(f"{s['median_test_loss_vs_constant']:.3f}" for s in per_seed)
+        wins = ", ".join(f"{s['wins_vs_constant']:.0%}" for s in per_seed)
+        divergences = sum(s["divergences"] for s in per_seed)
+        mean = np.mean([s["median_test_loss_vs_constant"] for s in per_seed])
         lines.append(
             f"| {arm} | {' '.join(ARMS[arm]) or '-'} | {ratio} (mean {mean:.3f}) | "
             f"{wins} | {divergences} |"
         )
-    args.md.parent.mkdir(parents=True, exist_ok=True)
-    with args.md.open("a") as handle:
+    md.parent.mkdir(parents=True, exist_ok=True)
+    with md.open("a") as handle:
         handle.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    log("\n".join(lines))

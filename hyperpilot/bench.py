@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import math
 import os
 import platform
-import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,6 +14,13 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnvWrapper
+
+from hyperpilot import ray_backend
+from hyperpilot.envs import BatchedTrainingVecEnv, InnerTrainingEnv
+from hyperpilot.envs.ray_vec_env import RayVecEnv
+from hyperpilot.envs.tasks import make_family
 
 BENCHMARKS_MD = Path("docs/BENCHMARKS.md")
 # The inner problem of the throughput table: an MLP 64-128-10 on digits, batch 128.
@@ -47,8 +52,6 @@ def raw_batched_loop(n: int, k: int, device: str = "cpu") -> Callable[[], None]:
     This is the floor the env is compared against: the same math with no features,
     no per-run hyperparameters and no env plumbing.
     """
-    from hyperpilot.envs.tasks import make_family
-
     instance = make_family(FAMILY, **FAMILY_KWARGS).sample(np.random.default_rng(0))
     x, y = instance.x_train.to(device), instance.y_train.to(device)
     x_val = instance.x_val.to(device)
@@ -93,76 +96,47 @@ def _env_step(venv, n: int, k_dim: int) -> Callable[[], None]:
     return lambda: venv.step(actions)
 
 
-def throughput(argv: Sequence[str] | None = None) -> int:
-    """Inner steps/s of the raw loop, a DummyVecEnv of single envs, and the batched env."""
-    parser = argparse.ArgumentParser(
-        prog="hyperpilot bench throughput",
-        description="Measure inner steps/s on an MLP 64-128-10 on digits (batch 128, "
-        "K=10): a raw batched loop, a DummyVecEnv of N InnerTrainingEnv, and "
-        "BatchedTrainingVecEnv; plus the share of PPO's wall time spent in the env.",
-    )
-    parser.add_argument("--n", default="1,8,64,256", help="comma-separated run counts")
-    parser.add_argument(
-        "--seconds", type=float, default=3.0, help="time per measurement"
-    )
-    parser.add_argument(
-        "--dummy-max-n",
-        type=int,
-        default=256,
-        help="largest N for the (slow) DummyVecEnv arm",
-    )
-    parser.add_argument(
-        "--ppo-timesteps",
-        type=int,
-        default=4096,
-        help="PPO timesteps for the wall-time share (0 skips it)",
-    )
-    parser.add_argument(
-        "--out",
-        type=Path,
-        default=BENCHMARKS_MD,
-        help="markdown file the table is appended to",
-    )
-    parser.add_argument("--device", default="cpu", help="device of the inner runs")
-    parser.add_argument(
-        "--compiled",
-        action="store_true",
-        help="also measure BatchedTrainingVecEnv with torch.compile (slow to start)",
-    )
-    parser.add_argument(
-        "--backend",
-        choices=("local", "ray"),
-        default="local",
-        help="ray: compare the local BatchedTrainingVecEnv with RayVecEnv instead",
-    )
-    parser.add_argument(
-        "--workers", type=int, default=2, help="Ray actors of the ray arm (default 2)"
-    )
-    parser.add_argument(
-        "--ray-address", metavar="ADDR", help="join this Ray cluster (default: local)"
-    )
-    args = parser.parse_args(argv)
-    if args.backend == "ray":
-        return ray_throughput(args, argv)
+def throughput(
+    ns: Sequence[int],
+    *,
+    seconds: float = 3.0,
+    dummy_max_n: int = 256,
+    ppo_timesteps: int = 4096,
+    device: str = "cpu",
+    compiled: bool = False,
+    out: Path = BENCHMARKS_MD,
+    command: str = "hyperpilot bench throughput",
+    log: Callable[[str], None] = print,
+) -> list[Row]:
+    """Inner steps/s of the raw loop, a DummyVecEnv of single envs, and the batched env.
 
-    from stable_baselines3.common.vec_env import DummyVecEnv
+    The problem is an MLP 64-128-10 on digits (batch 128, K=10). Arms are timed
+    interleaved (`_timed`); the table is appended to `out`.
 
-    from hyperpilot.envs import BatchedTrainingVecEnv, InnerTrainingEnv
-    from hyperpilot.runtime import configure_process
-
-    configure_process()
+    Args:
+        ns: Run counts N, one table row each.
+        seconds: Time per measurement and arm.
+        dummy_max_n: Largest N for the (slow) DummyVecEnv arm.
+        ppo_timesteps: PPO timesteps for the env's share of PPO's wall time (0
+            skips it).
+        device: Where the inner runs go.
+        compiled: Also time `BatchedTrainingVecEnv` with `torch.compile`.
+        out: The markdown file the table is appended to.
+        command: The command line, written with the table.
+        log: Where each row goes as it is measured.
+    """
     k = 10
-    settings = {"device": args.device, "decision_interval": k}
+    settings = {"device": device, "decision_interval": k}
     rows = []
-    for n in (int(v) for v in args.n.split(",")):
+    for n in ns:
         batched_env = BatchedTrainingVecEnv(
             family=FAMILY, family_kwargs=FAMILY_KWARGS, n=n, **settings
         )
         arms = {
-            "raw": raw_batched_loop(n, k, args.device),
+            "raw": raw_batched_loop(n, k, device),
             "batched": _env_step(batched_env, n, 3),
         }
-        if args.compiled:
+        if compiled:
             compiled_env = BatchedTrainingVecEnv(
                 family=FAMILY,
                 family_kwargs=FAMILY_KWARGS,
@@ -171,53 +145,56 @@ def throughput(argv: Sequence[str] | None = None) -> int:
                 **settings,
             )
             arms["compiled"] = _env_step(compiled_env, n, 3)
-        if n <= args.dummy_max_n:
+        if n <= dummy_max_n:
             dummy_env = DummyVecEnv(
                 [lambda: InnerTrainingEnv(FAMILY, FAMILY_KWARGS, **settings)] * n
             )
             arms["dummy"] = _env_step(dummy_env, n, 3)
-        row = Row(n, k, **_timed(arms, args.seconds))
+        row = Row(n, k, **_timed(arms, seconds))
         rows.append(row)
-        print(row.markdown(), flush=True)
+        log(row.markdown())
 
     ppo_line = ""
-    if args.ppo_timesteps:
-        share, fps = ppo_env_share(args.ppo_timesteps, settings)
+    if ppo_timesteps:
+        share, fps = ppo_env_share(ppo_timesteps, settings)
         ppo_line = (
             f"\nUnder PPO (N=64, n_steps=16, batch_size=256): the env took "
             f"{share:.0%} of wall time ({fps:.0f} transitions/s).\n"
         )
-        print(ppo_line.strip())
-    command = "hyperpilot bench throughput " + " ".join(map(shlex.quote, argv or []))
-    _append_markdown(args.out, command.strip(), rows, k, ppo_line, args.device)
-    print(f"appended to {args.out}")
-    return 0
+        log(ppo_line.strip())
+    _append_markdown(out, command, rows, k, ppo_line, device)
+    log(f"appended to {out}")
+    return rows
 
 
-def ray_throughput(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+def ray_throughput(
+    ns: Sequence[int],
+    *,
+    workers: int = 2,
+    address: str | None = None,
+    seconds: float = 3.0,
+    device: str = "cpu",
+    out: Path = BENCHMARKS_MD,
+    command: str = "hyperpilot bench throughput --backend ray",
+    log: Callable[[str], None] = print,
+) -> list[RayRow]:
     """Seconds per decision window: local `BatchedTrainingVecEnv` vs `RayVecEnv`.
 
     Both arms run the same problem and N; the Ray arm cuts the bucket among
-    `min(workers, N)` actors (with `--device cuda`, one GPU each).
+    `min(workers, N)` actors (with a CUDA device, one GPU each). Joins the Ray
+    cluster at `address` (or starts a local one) for the measurement.
     """
-    from hyperpilot import ray_backend
-    from hyperpilot.cli import connect_ray
-    from hyperpilot.envs import BatchedTrainingVecEnv
-    from hyperpilot.envs.ray_vec_env import RayVecEnv
-    from hyperpilot.runtime import configure_process
-
-    configure_process()
     k = 10
-    settings = {"device": args.device, "decision_interval": k}
-    gpus = 1.0 if args.device.startswith("cuda") else 0.0
-    started = connect_ray(args.ray_address)  # no cluster there: a one-line error
+    settings = {"device": device, "decision_interval": k}
+    gpus = 1.0 if device.startswith("cuda") else 0.0
+    started = ray_backend.connect(address)  # no cluster there: a one-line error
     rows = []
     try:
-        for n in (int(v) for v in args.n.split(",")):
+        for n in ns:
             local = BatchedTrainingVecEnv(
                 family=FAMILY, family_kwargs=FAMILY_KWARGS, n=n, **settings
             )
-            row = RayRow(n, k, min(args.workers, n))
+            row = RayRow(n, k, min(workers, n))
             remote = RayVecEnv(
                 family=FAMILY,
                 family_kwargs=FAMILY_KWARGS,
@@ -228,32 +205,31 @@ def ray_throughput(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
             )
             try:
                 arms = {"local": _env_step(local, n, 3), "ray": _env_step(remote, n, 3)}
-                timed = _timed(arms, args.seconds)
+                timed = _timed(arms, seconds)
                 row.local, row.ray = timed["local"], timed["ray"]
             finally:
                 remote.close()
             rows.append(row)
-            print(row.markdown(), flush=True)
+            log(row.markdown())
     finally:
         if started:
             ray_backend.shutdown()
-    command = "hyperpilot bench throughput " + " ".join(map(shlex.quote, argv or []))
     header = (
         f"\n## Ray throughput, {datetime.date.today().isoformat()}\n\n"
-        f"- command: `{command.strip()}`\n"
+        f"- command: `{command}`\n"
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU(s), "
-        f"{platform.processor() or 'cpu'}, device {args.device}, torch "
+        f"{platform.processor() or 'cpu'}, device {device}, torch "
         f"{torch.__version__}; one torch thread per process; Ray workers hold "
         "1 CPU each\n"
         f"- problem: {FAMILY} {FAMILY_KWARGS}, K={k}; the Ray arm cuts the one "
         "bucket of N runs among its workers\n\n"
         f"{RayRow.HEADER}\n"
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("a") as handle:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as handle:
         handle.write(header + "\n".join(r.markdown() for r in rows) + "\n")
-    print(f"appended to {args.out}")
-    return 0
+    log(f"appended to {out}")
+    return rows
 
 
 @dataclass
@@ -282,10 +258,6 @@ class RayRow:
 
 def ppo_env_share(timesteps: int, settings: dict) -> tuple[float, float]:
     """Share of PPO's wall time spent inside the VecEnv's step, and transitions/s."""
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.vec_env import VecEnvWrapper
-
-    from hyperpilot.envs import BatchedTrainingVecEnv
 
     class Timed(VecEnvWrapper):
         seconds = 0.0

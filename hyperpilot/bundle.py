@@ -37,6 +37,11 @@ import numpy as np
 import safetensors.torch
 import torch
 import yaml
+from stable_baselines3.common.distributions import (
+    DiagGaussianDistribution,
+    StateDependentNoiseDistribution,
+)
+from stable_baselines3.common.torch_layers import FlattenExtractor
 from torch import nn
 
 from hyperpilot._version import __version__
@@ -48,7 +53,7 @@ from hyperpilot.envs.actions import (
 )
 from hyperpilot.envs.features import FEATURES_VERSION, N_FEATURES, OBS_NAMES
 from hyperpilot.envs.settings import EnvSettings
-from hyperpilot.runtime import replace_directory
+from hyperpilot.runtime import UserError, replace_directory
 
 FORMAT_VERSION: Final = "1.0"
 """`major.minor`: bump the major when an older package could misread a bundle."""
@@ -67,7 +72,7 @@ ACTIVATIONS: Final[dict[str, type[nn.Module]]] = {
 _REEXPORT: Final = "re-export it with `hyperpilot export`"
 
 
-class BundleError(ValueError):
+class BundleError(UserError):
     """A bundle cannot be written or read; the message names the file and the fix."""
 
 
@@ -141,12 +146,6 @@ def actor_from_policy(policy: Any) -> Actor:
     Raises:
         BundleError: If the policy has a shape this format cannot represent.
     """
-    from stable_baselines3.common.distributions import (
-        DiagGaussianDistribution,
-        StateDependentNoiseDistribution,
-    )
-    from stable_baselines3.common.torch_layers import FlattenExtractor
-
     name = type(policy).__name__
 
     def refuse(why: str) -> BundleError:

@@ -1,22 +1,33 @@
-"""The `hyperpilot` command: one entry point with subcommands, like `git`."""
+"""The `hyperpilot` command: one entry point with subcommands, like `git`.
+
+Each command parses its flags, calls one workflow (`training`, `evaluation`,
+`bench`, `quality`, `ablations`) and prints; the workflows never see argv, and
+nothing imports this module. Process-wide torch settings are set here only.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import shlex
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
+from hyperpilot import ablations, evaluation, quality, report, training
+from hyperpilot import bench as benchmarks
 from hyperpilot._version import __version__
-from hyperpilot.runtime import configure_process
+from hyperpilot.agents.methods import methods_help
+from hyperpilot.bundle import describe_bundle, load_bundle
+from hyperpilot.config import load_config
+from hyperpilot.envs.ray_vec_env import RAY_MISSING
+from hyperpilot.ray_backend import RayOptions
+from hyperpilot.runtime import UserError, configure_process
 
 
-class UserError(Exception):
-    """Bad input from the user: reported as one line, exit code 2."""
-
-
+# ---------------------------------------------------------------- shared flags
 def add_backend_flags(
     parser: argparse.ArgumentParser, workers_help: str
 ) -> argparse._ArgumentGroup:
@@ -43,12 +54,18 @@ def add_backend_flags(
     return group
 
 
-def check_backend(args: argparse.Namespace, ray_only: Sequence[str] = ()) -> None:
-    """One-line errors for Ray flags without `--backend ray`, or Ray missing.
+def ray_options(
+    args: argparse.Namespace, ray_only: Sequence[str] = ()
+) -> RayOptions | None:
+    """The Ray options the flags ask for (None for `--backend local`).
 
     Args:
         args: Parsed arguments with `backend`, `workers`, `ray_address`.
         ray_only: Further attribute names that only go with `--backend ray`.
+
+    Raises:
+        UserError: For Ray flags without `--backend ray`, Ray missing, or
+            `--workers` below 1.
     """
     names = ("workers", "ray_address", *ray_only)
     given = [n for n in names if getattr(args, n, None) is not None]
@@ -57,45 +74,23 @@ def check_backend(args: argparse.Namespace, ray_only: Sequence[str] = ()) -> Non
             flags = " and ".join("--" + n.replace("_", "-") for n in given)
             verb = "goes" if len(given) == 1 else "go"
             raise UserError(f"{flags} {verb} with --backend ray")
-        return
-    import importlib.util
-
-    from hyperpilot.envs.ray_vec_env import RAY_MISSING
-
+        return None
     if importlib.util.find_spec("ray") is None:
         raise UserError(RAY_MISSING)
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
+    gpus = getattr(args, "gpus_per_worker", None) or 0.0
+    return RayOptions(args.workers, gpus, args.ray_address)
 
 
-def connect_ray(address: str | None) -> bool:
-    """Joins (or starts) Ray; True when this call started it (shut it down after)."""
-    from hyperpilot import ray_backend
-
-    try:
-        return ray_backend.connect(address)
-    except ConnectionError as error:
-        raise UserError(str(error)) from None
+def _command(name: str, argv: Sequence[str] | None) -> str:
+    """The command line as a user would type it again, e.g. for command.txt."""
+    words = name.split() + list(sys.argv[2:] if argv is None else argv)
+    return shlex.join(["hyperpilot", *words])
 
 
-def bench(argv: Sequence[str] | None = None) -> int:
-    """`hyperpilot bench throughput|quality|ablations ...`: runs a benchmark."""
-    from hyperpilot import ablations, quality
-    from hyperpilot import bench as benchmarks
-
-    suites = {
-        "throughput": benchmarks.throughput,
-        "quality": quality.quality,
-        "ablations": ablations.ablations,
-    }
-    argv = list(argv or [])
-    if not argv or argv[0] not in suites:
-        raise UserError(f"choose a benchmark: {', '.join(suites)}")
-    return suites[argv[0]](argv[1:])
-
-
-def train(argv: Sequence[str] | None = None) -> int:
-    """Meta-trains a pilot with PPO from a YAML config (or resumes a run)."""
+# ----------------------------------------------------------------------- train
+def _train_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hyperpilot train",
         description="Meta-train a pilot with PPO on a distribution of inner training "
@@ -151,92 +146,52 @@ def train(argv: Sequence[str] | None = None) -> int:
         help="GPUs each Ray actor reserves (default 0: CPU actors); the actor's "
         "buckets spread over its GPUs",
     )
-    args = parser.parse_args(argv)
-    check_backend(args, ray_only=("gpus_per_worker",))
-    if args.backend == "ray" and args.workers is None:
+    return parser
+
+
+_TRAIN_FLAGS = (
+    ("seed", "run.seed"),
+    ("total_timesteps", "run.total_timesteps"),
+    ("device", "run.device"),
+    ("policy_device", "run.policy_device"),
+)
+
+
+def train(argv: Sequence[str] | None = None) -> int:
+    """Meta-trains a pilot with PPO from a YAML config (or resumes a run)."""
+    args = _train_parser().parse_args(argv)
+    ray = ray_options(args, ray_only=("gpus_per_worker",))
+    if ray is not None and ray.workers is None:
         raise UserError("--backend ray needs --workers W")
-    from hyperpilot.config import ConfigError, dump_config, load_config
-
     overrides = list(args.set)
-    for flag, key in (
-        ("seed", "run.seed"),
-        ("total_timesteps", "run.total_timesteps"),
-        ("device", "run.device"),
-        ("policy_device", "run.policy_device"),
-    ):
-        if getattr(args, flag) is not None:
-            overrides.append(f"{key}={getattr(args, flag)}")
-    try:
-        if args.resume is not None:
-            if args.config or args.init_from or args.set:
-                raise UserError(
-                    "--resume continues with the run's own config; drop --config, "
-                    "--set and --init-from"
-                )
-            run_dir = args.resume
-            if not (run_dir / "config.yaml").is_file():
-                raise UserError(f"{run_dir} is not a run folder (no config.yaml)")
-            config = load_config(run_dir / "config.yaml", overrides)
-        else:
-            config = load_config(args.config or "default", overrides)
-            name = args.run_name or (
-                f"{config.name}__s{config.run.seed}__{int(time.time())}"
+    overrides += [
+        f"{key}={getattr(args, flag)}"
+        for flag, key in _TRAIN_FLAGS
+        if getattr(args, flag) is not None
+    ]
+    if args.resume is not None:
+        if args.config or args.init_from or args.set:
+            raise UserError(
+                "--resume continues with the run's own config; drop --config, "
+                "--set and --init-from"
             )
-            run_dir = args.runs_root / name
-            if run_dir.exists():
-                raise UserError(
-                    f"run folder {run_dir} exists; choose another --run-name"
-                )
-    except ConfigError as error:
-        raise UserError(str(error)) from None
-    configure_process(config.run.threads)
-
-    from hyperpilot.agents.ppo import check_init_bundle
-    from hyperpilot.agents.ppo import train as run_training
-    from hyperpilot.bundle import BundleError
-
-    init_from = None
-    try:
-        if args.init_from:
-            init_from = check_init_bundle(config, args.init_from)
-    except BundleError as error:
-        raise UserError(str(error)) from None
-    backend = None
-    started_ray = False
-    if args.backend == "ray":
-        from hyperpilot.ray_backend import RayOptions, check_options
-
-        backend = RayOptions(
-            args.workers, args.gpus_per_worker or 0.0, args.ray_address
-        )
-        started_ray = connect_ray(args.ray_address)
-        try:
-            check_options(backend, config.env.buckets(), config.run.device)
-        except ValueError as error:
-            _shutdown_ray(started_ray)
-            raise UserError(str(error)) from None
-    command = shlex.join(["hyperpilot", "train", *(argv or sys.argv[2:])])
-    if args.resume is None:
-        run_dir.mkdir(parents=True)
-        dump_config(config, run_dir / "config.yaml")
-        (run_dir / "command.txt").write_text(command + "\n")
+        run_dir = args.resume
+        config = training.load_run_config(run_dir, overrides)
     else:
-        command = (run_dir / "command.txt").read_text().strip()
-    print(f"run folder: {run_dir}", flush=True)
-    try:
-        result = run_training(
-            config,
-            run_dir,
-            command=command,
-            resume=args.resume is not None,
-            init_from=init_from,
-            backend=backend,
-        )
-    finally:
-        _shutdown_ray(started_ray)
+        config = load_config(args.config or "default", overrides)
+        run_dir = training.default_run_dir(config, args.runs_root, args.run_name)
+    configure_process(config.run.threads)
+    result = training.run(
+        config,
+        run_dir,
+        command=_command("train", argv),
+        resume=args.resume is not None,
+        init_from=args.init_from,
+        ray=ray,
+    )
     if result.worker_died is not None:
         again = shlex.join(
-            ["hyperpilot", "train", "--resume", str(run_dir), *backend.flags()]
+            ["hyperpilot", "train", "--resume", str(run_dir), *ray.flags()]
         )
         print(
             f"hyperpilot train: error: {result.worker_died}; checkpoint at step "
@@ -258,13 +213,7 @@ def train(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _shutdown_ray(started: bool) -> None:
-    if started:
-        from hyperpilot import ray_backend
-
-        ray_backend.shutdown()
-
-
+# --------------------------------------------------------------- export, info
 def export(argv: Sequence[str] | None = None) -> int:
     """Writes a deployable pilot bundle from a run's checkpoint."""
     parser = argparse.ArgumentParser(
@@ -280,24 +229,8 @@ def export(argv: Sequence[str] | None = None) -> int:
         "--out", type=Path, help="bundle folder (default RUN_DIR/pilot-step<STEPS>)"
     )
     args = parser.parse_args(argv)
-    from hyperpilot.agents.checkpoints import find_checkpoint
-    from hyperpilot.config import ConfigError, load_config
-
-    try:
-        config = load_config(args.run_dir / "config.yaml")
-        checkpoint = find_checkpoint(args.run_dir, args.checkpoint)
-    except (ConfigError, ValueError) as error:
-        raise UserError(str(error)) from None
-    from stable_baselines3 import PPO
-
-    from hyperpilot.agents.ppo import export_pilot
-
-    model = PPO.load(checkpoint.model, device="cpu")
-    out = args.out or args.run_dir / f"pilot-step{checkpoint.step}"
-    command_file = args.run_dir / "command.txt"
-    command = command_file.read_text().strip() if command_file.exists() else ""
-    export_pilot(model, config, out, command, checkpoint.obs_rms())
-    print(f"wrote {out} (checkpoint at step {checkpoint.step})")
+    out, step = training.export(args.run_dir, args.checkpoint, args.out)
+    print(f"wrote {out} (checkpoint at step {step})")
     return 0
 
 
@@ -310,27 +243,18 @@ def info(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("bundle", help="a bundle folder, or a shipped pilot's name")
     args = parser.parse_args(argv)
-    from hyperpilot.bundle import BundleError, describe_bundle, load_bundle
-
-    try:
-        print(describe_bundle(load_bundle(args.bundle)))
-    except BundleError as error:
-        raise UserError(str(error)) from None
+    print(describe_bundle(load_bundle(args.bundle)))
     return 0
 
 
-def evaluate(argv: Sequence[str] | None = None) -> int:
-    """Evaluates a pilot beside practitioners' schedules on tasks it never saw."""
-    from hyperpilot.evaluation import METHODS
-
+# -------------------------------------------------------------------- evaluate
+def _evaluate_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hyperpilot evaluate",
-        description="Run a saved pilot and the schedules a practitioner would use "
-        "(constant Adam, tuned constant / cosine / OneCycle, plateau, AutoClip, "
-        "hypergradient, Schedule-Free AdamW and Prodigy when installed) plus three "
-        "controls (replay, random, blind) on the same task instances, data order and "
-        "budget. Writes results.json, results.csv, plots/ and tensorboard/ to --out; "
-        "finished jobs are reused when re-run with the same --out.",
+        description="Run a saved pilot and the schedules a practitioner would use, "
+        "plus controls, on the same task instances, data order and budget. Writes "
+        "results.json, results.csv, plots/ and tensorboard/ to --out; finished jobs "
+        "are reused when re-run with the same --out. Methods: " + methods_help(),
     )
     parser.add_argument(
         "--pilot", required=True, help="a bundle folder, or a shipped pilot's name"
@@ -363,7 +287,7 @@ def evaluate(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--methods",
-        help=f"comma-separated subset of: {', '.join(METHODS)} (default: all available)",
+        help="comma-separated methods (default: all available; see above)",
     )
     parser.add_argument(
         "--init-lr", type=float, default=1e-3, help="lr every run starts from"
@@ -379,116 +303,243 @@ def evaluate(argv: Sequence[str] | None = None) -> int:
         parser,
         "with --backend ray: jobs in flight at once (default: as many as Ray has CPUs)",
     )
-    args = parser.parse_args(argv)
-    check_backend(args)
-    if args.backend == "ray" and args.device != "cpu":
+    return parser
+
+
+def evaluate(argv: Sequence[str] | None = None) -> int:
+    """Evaluates a pilot beside practitioners' schedules on tasks it never saw."""
+    args = _evaluate_parser().parse_args(argv)
+    ray = ray_options(args)
+    if ray is not None and args.device != "cpu":
         raise UserError("--backend ray runs evaluation jobs on CPUs; drop --device")
     configure_process()
-
-    import yaml
-
-    from hyperpilot import evaluation as ev
-    from hyperpilot import report
-    from hyperpilot.bundle import BundleError, load_bundle
-    from hyperpilot.envs.tasks.splits import FamilySpec
-
-    try:
-        load_bundle(args.pilot)
-        if args.family:
-            knobs = dict(_key_value(kv) for kv in args.kw)
-            spec = FamilySpec(args.family, knobs)
-            tasks, seeds, name = [ev.EvalTask(spec.label, spec)], 5, args.family
-        elif args.data:
-            if not args.target and args.data.suffix != ".npz":
-                raise UserError("--data needs --target COLUMN")
-            knobs = {"path": str(args.data), "model": args.model, "loss": args.loss}
-            if args.target:
-                knobs["target"] = args.target
-            spec = FamilySpec("data_file", knobs)
-            tasks, seeds, name = [ev.EvalTask(args.data.name, spec)], 5, args.data.stem
-        else:
-            suite = args.suite or "heldout"
-            tasks, seeds = ev.load_suite(suite)
-            name = Path(suite).stem
-        if args.kw and not args.family:
-            raise UserError("--kw goes with --family")
-        for task in tasks:
-            task.spec.build()
-        available = ev.available_methods()
-        methods = available
-        if args.methods:
-            methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-            unknown = [m for m in methods if m not in ev.METHODS]
-            missing = [m for m in methods if m not in available]
-            if unknown:
-                raise UserError(
-                    f"unknown methods {unknown}; choose from {list(ev.METHODS)}"
-                )
-            if missing:
-                raise UserError(
-                    f"{missing} need their libraries: pip install 'hyperpilot[baselines]'"
-                )
-        if args.seeds is not None:
-            seeds = args.seeds
-        if seeds < 1 or not args.init_lr > 0:
-            raise UserError("--seeds must be >= 1 and --init-lr > 0")
-        out = args.out or Path("runs") / f"eval__{name}"
-        print(
-            f"evaluating {args.pilot} on {len(tasks)} task(s) x {seeds} seed(s): "
-            f"{', '.join(methods)}\noutput folder: {out}",
-            flush=True,
-        )
-        runner, started_ray = None, False
-        if args.backend == "ray":
-            from hyperpilot.ray_backend import job_runner
-
-            runner = job_runner(args.workers)
-            started_ray = connect_ray(args.ray_address)
-        try:
-            records = ev.evaluate(
-                args.pilot,
-                tasks,
-                seeds,
-                methods,
-                out,
-                args.init_lr,
-                args.device,
-                progress=not args.no_progress,
-                runner=runner,
-            )
-        finally:
-            _shutdown_ray(started_ray)
-    except (BundleError, ValueError, yaml.YAMLError) as error:
-        raise UserError(str(error).splitlines()[0]) from None
-    rows = report.method_rows(records, methods)
-    summary = report.summarize(rows, methods)
-    print(report.table(summary))
+    load_bundle(args.pilot)  # a bad pilot fails before any task is built
+    choice = evaluation.resolve_tasks(
+        suite=args.suite,
+        family=args.family,
+        knobs=dict(_key_value(kv) for kv in args.kw),
+        data=args.data,
+        target=args.target,
+        model=args.model,
+        loss=args.loss,
+    )
+    names = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
+    methods = evaluation.resolve_methods(names)
+    seeds = choice.seeds if args.seeds is None else args.seeds
+    out = args.out or Path("runs") / f"eval__{choice.name}"
+    print(
+        f"evaluating {args.pilot} on {len(choice.tasks)} task(s) x {seeds} seed(s): "
+        f"{', '.join(methods)}\noutput folder: {out}",
+        flush=True,
+    )
+    result = evaluation.run(
+        args.pilot,
+        choice.tasks,
+        seeds,
+        methods,
+        out,
+        init_lr=args.init_lr,
+        device=args.device,
+        progress=not args.no_progress,
+        ray=ray,
+    )
+    print(report.table(result.summary))
     print(
         "tuned_* methods chose their lr from 5 values on validation loss: 5x the "
         "compute (inner steps column)."
     )
-    settings = {
-        "pilot": args.pilot,
-        "init_lr": args.init_lr,
-        "seeds": seeds,
-        "methods": methods,
-        "tasks": [t.label for t in tasks],
-    }
-    for path in report.write_outputs(out, rows, summary, records, settings):
+    for path in result.files:
         print(f"wrote {path}")
     print(f"TensorBoard: tensorboard --logdir {out / 'tensorboard'}")
     return 0
 
 
 def _key_value(text: str) -> tuple[str, object]:
-    import yaml
-
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise UserError(f"expected KEY=VALUE, got {text!r}")
     return key, yaml.safe_load(value)
 
 
+# ----------------------------------------------------------------------- bench
+def _throughput_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hyperpilot bench throughput",
+        description="Measure inner steps/s on an MLP 64-128-10 on digits (batch 128, "
+        "K=10): a raw batched loop, a DummyVecEnv of N InnerTrainingEnv, and "
+        "BatchedTrainingVecEnv; plus the share of PPO's wall time spent in the env. "
+        "With --backend ray: the local BatchedTrainingVecEnv against RayVecEnv.",
+    )
+    parser.add_argument("--n", default="1,8,64,256", help="comma-separated run counts")
+    parser.add_argument(
+        "--seconds", type=float, default=3.0, help="time per measurement"
+    )
+    parser.add_argument(
+        "--dummy-max-n",
+        type=int,
+        default=256,
+        help="largest N for the (slow) DummyVecEnv arm",
+    )
+    parser.add_argument(
+        "--ppo-timesteps",
+        type=int,
+        default=4096,
+        help="PPO timesteps for the wall-time share (0 skips it)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=benchmarks.BENCHMARKS_MD,
+        help="markdown file the table is appended to",
+    )
+    parser.add_argument("--device", default="cpu", help="device of the inner runs")
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="also measure BatchedTrainingVecEnv with torch.compile (slow to start)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: compare the local BatchedTrainingVecEnv with RayVecEnv instead",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="Ray actors of the ray arm (default 2)"
+    )
+    parser.add_argument(
+        "--ray-address", metavar="ADDR", help="join this Ray cluster (default: local)"
+    )
+    return parser
+
+
+def _throughput(argv: Sequence[str]) -> int:
+    args = _throughput_parser().parse_args(argv)
+    try:
+        ns = [int(v) for v in args.n.split(",")]
+    except ValueError:
+        raise UserError(f"--n takes comma-separated integers, got {args.n!r}") from None
+    command = _command("bench throughput", argv)
+    if args.backend == "ray":
+        benchmarks.ray_throughput(
+            ns,
+            workers=args.workers,
+            address=args.ray_address,
+            seconds=args.seconds,
+            device=args.device,
+            out=args.out,
+            command=command,
+        )
+    else:
+        benchmarks.throughput(
+            ns,
+            seconds=args.seconds,
+            dummy_max_n=args.dummy_max_n,
+            ppo_timesteps=args.ppo_timesteps,
+            device=args.device,
+            compiled=args.compiled,
+            out=args.out,
+            command=command,
+        )
+    return 0
+
+
+def _quality(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hyperpilot bench quality",
+        description="Evaluate a pilot on the frozen heldout suite against every "
+        "method, plus bad starting learning rates, and append the results and the "
+        "quality targets to docs/BENCHMARKS.md. Resumable: finished jobs are reused.",
+    )
+    parser.add_argument(
+        "--pilot", default="default", help="bundle folder or shipped name"
+    )
+    parser.add_argument("--suite", default="heldout", help="evaluation suite")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per task (>= 5)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/bench-quality"), help="job cache"
+    )
+    parser.add_argument(
+        "--train-run",
+        type=Path,
+        help="the pilot's training run folder, to report meta-training wall time",
+    )
+    parser.add_argument(
+        "--md", type=Path, default=benchmarks.BENCHMARKS_MD, help="results file"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    quality.run(
+        args.pilot,
+        suite=args.suite,
+        seeds=args.seeds,
+        out=args.out,
+        train_run=args.train_run,
+        md=args.md,
+        progress=not args.no_progress,
+        command=_command("bench quality", argv),
+    )
+    return 0
+
+
+def _ablations(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="hyperpilot bench ablations",
+        description="Short meta-training arms (action mode, reward, discount, "
+        "controlled set, K, validation features, task diversity), several seeds "
+        "each, evaluated on the val split against constant Adam. Resumable.",
+    )
+    parser.add_argument(
+        "--arms",
+        default=",".join(ablations.ARMS),
+        help=f"comma-separated, from: {', '.join(ablations.ARMS)}",
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=2, help="meta-training seeds per arm"
+    )
+    parser.add_argument(
+        "--timesteps", type=int, default=40_000, help="meta-training steps per run"
+    )
+    parser.add_argument("--eval-seeds", type=int, default=3, help="task seeds")
+    parser.add_argument(
+        "--root", type=Path, default=Path("runs/ablations"), help="runs and caches"
+    )
+    parser.add_argument(
+        "--md", type=Path, default=benchmarks.BENCHMARKS_MD, help="results file"
+    )
+    args = parser.parse_args(argv)
+    result = ablations.run(
+        [a.strip() for a in args.arms.split(",") if a.strip()],
+        seeds=args.seeds,
+        timesteps=args.timesteps,
+        eval_seeds=args.eval_seeds,
+        root=args.root,
+        md=args.md,
+        command=_command("bench ablations", argv),
+    )
+    if result.stopped is not None:
+        print(f"stopped: {result.stopped.run_dir}; run the same command to resume")
+        return (
+            128 + (result.stopped.interrupted_by or 0)
+            if result.stopped.interrupted_by
+            else 1
+        )
+    return 0
+
+
+BENCHMARKS = {"throughput": _throughput, "quality": _quality, "ablations": _ablations}
+
+
+def bench(argv: Sequence[str] | None = None) -> int:
+    """`hyperpilot bench throughput|quality|ablations ...`: runs a benchmark."""
+    argv = list(argv or [])
+    if not argv or argv[0] not in BENCHMARKS:
+        raise UserError(f"choose a benchmark: {', '.join(BENCHMARKS)}")
+    configure_process()
+    return BENCHMARKS[argv[0]](argv[1:])
+
+
+# ------------------------------------------------------------------------ main
 COMMANDS = {
     "bench": bench,
     "evaluate": evaluate,

@@ -35,6 +35,7 @@ from hyperpilot.envs.episodes import InitRanges
 from hyperpilot.envs.reward import REWARD_KINDS, RewardConfig
 from hyperpilot.envs.settings import DTYPES, EnvSettings
 from hyperpilot.envs.tasks.splits import CONFIGS_DIR, load_split
+from hyperpilot.runtime import UserError
 
 SECTIONS: Final = ("run", "env", "ppo", "eval", "logging")
 HELDOUT_SPLIT: Final = "heldout"
@@ -75,11 +76,8 @@ _PPO_RANGES: Final = {
 _DEVICE_PATTERN: Final = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A problem with a training config, as one line naming the key path."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
 
 
 # ------------------------------------------------------------------ schedules

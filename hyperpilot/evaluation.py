@@ -9,9 +9,7 @@ is a plain function that a scale-out backend can call anywhere.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import importlib.util
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -20,15 +18,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 import yaml
+from tqdm import tqdm
 
+from hyperpilot import ray_backend, report
 from hyperpilot.agents import baselines
-from hyperpilot.agents.controllers import Controller, PolicyController, run_episode
+from hyperpilot.agents.controllers import Controller, HoldValues, run_episode
+from hyperpilot.agents.methods import (
+    METHODS,
+    MethodContext,
+    available_methods,
+    method_of_run,
+)
 from hyperpilot.bundle import PolicyBundle, load_bundle
-from hyperpilot.envs.engine import BatchedEngine, MinibatchOrder
+from hyperpilot.envs.engine import BatchedEngine
 from hyperpilot.envs.episodes import Episode
-from hyperpilot.envs.settings import EnvSettings
 from hyperpilot.envs.tasks.base import TaskInstance
 from hyperpilot.envs.tasks.splits import (
     CONFIGS_DIR,
@@ -36,46 +40,8 @@ from hyperpilot.envs.tasks.splits import (
     load_split,
     parse_families,
 )
-from hyperpilot.runtime import atomic_write_text
-
-TUNED = {
-    "tuned_constant": "constant",
-    "tuned_cosine": "cosine",
-    "tuned_onecycle": "onecycle",
-}
-SCHEDULES: dict[str, Callable[[float], Controller]] = {
-    "constant": baselines.ConstantLR,
-    "cosine": baselines.WarmupCosine,
-    "onecycle": baselines.OneCycle,
-    "plateau": baselines.Plateau,
-    "autoclip": baselines.AutoClip,
-    "hypergradient": baselines.HypergradientAdam,
-}
-OPTIMIZERS = {"schedulefree": "schedulefree", "prodigy": "prodigyopt"}
-METHODS = (
-    "pilot",
-    "constant",
-    "tuned_constant",
-    "tuned_cosine",
-    "tuned_onecycle",
-    "plateau",
-    "autoclip",
-    "hypergradient",
-    "schedulefree",
-    "prodigy",
-    "replay",
-    "random",
-    "blind",
-)
-
-
-def available_methods() -> list[str]:
-    """All methods, less the optional optimizers whose library is not installed."""
-    return [
-        m
-        for m in METHODS
-        if m not in OPTIMIZERS or importlib.util.find_spec(OPTIMIZERS[m]) is not None
-    ]
+from hyperpilot.envs.torch_run import TorchOptimizerRun
+from hyperpilot.runtime import UserError, atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -132,41 +98,40 @@ def load_suite(name_or_path: str | Path) -> tuple[list[EvalTask], int]:
 
 
 # ------------------------------------------------------------------- one job
-def _controller(
-    job: Job, bundle: PolicyBundle, init_lr: float, replay: dict | None
-) -> Controller:
-    method, _, grid_lr = job.run.partition("@")
-    if method == "pilot":
-        return PolicyController(bundle.act, bundle.controlled, bundle.action_mode)
-    if method == "random":
-        return baselines.RandomControl(bundle.controlled, bundle.action_mode, job.seed)
-    if method == "blind":
-        return baselines.BlindControl(bundle)
-    if method == "replay":
-        if replay is None:
-            raise ValueError("replay needs the pilot's schedule on this task")
-        return baselines.ReplayControl(replay)
-    return SCHEDULES[method](float(grid_lr) if grid_lr else init_lr)
-
-
 def run_job(
     job: Job,
     bundle: PolicyBundle,
     init_lr: float,
     device: str = "cpu",
-    replay: dict | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Runs one job and returns its record (curves per decision, final metrics)."""
+    """Runs one job and returns its record (curves per decision, final metrics).
+
+    Args:
+        job: The task, seed and run (a method, or a tuned method's grid point).
+        bundle: The pilot under evaluation; every run uses its K, action mode and
+            controlled set.
+        init_lr: The lr every run starts from (a grid point replaces it).
+        device: Where the inner run goes.
+        inputs: What the method derived from other methods' records (replay).
+    """
+    method, grid_lr = method_of_run(job.run)
+    lr = init_lr if grid_lr is None else grid_lr
     instance = job.task.spec.build().sample(np.random.default_rng(job.seed))
-    # every job runs with the pilot's K, action mode and controlled set
     settings = dataclasses.replace(bundle.settings(), device=device)
-    if job.run in OPTIMIZERS:
-        return _run_library_optimizer(job, instance, settings)
-    engine = BatchedEngine(1, settings)
-    episode = Episode(instance, init_lr, 0.9, bundle.default_clip, True)
-    engine.start([0], [episode])
+    context = MethodContext(lr, bundle, job.seed, inputs or {})
+    if method.optimizer is not None:
+        runs: BatchedEngine | TorchOptimizerRun = TorchOptimizerRun(
+            method.optimizer(context), settings
+        )
+        controller: Controller = HoldValues()
+    else:
+        assert method.controller is not None
+        runs = BatchedEngine(1, settings)
+        controller = method.controller(context)
+    runs.start([0], [Episode(instance, init_lr, 0.9, bundle.default_clip, True)])
     record = _empty_record(job, instance)
-    record["initial_val_loss"] = float(engine.first_val[0])
+    record["initial_val_loss"] = float(runs.first_val[0])
     ended = {"diverged": False}
 
     def on_decision(state, transition) -> None:
@@ -180,11 +145,11 @@ def run_job(
         )
         ended["diverged"] |= bool(transition.terminated[0])
 
-    run_episode(engine, _controller(job, bundle, init_lr, replay), on_decision)
-    accuracy = engine.accuracy("test")
+    run_episode(runs, controller, on_decision)
+    accuracy = runs.accuracy("test")
     return _finish(
         record,
-        test_loss=float(engine.evaluate("test")[0]),
+        test_loss=float(runs.evaluate("test")[0]),
         test_accuracy=None if accuracy is None else float(accuracy[0]),
         diverged=ended["diverged"],
     )
@@ -221,93 +186,30 @@ def _finish(record: dict, **final: Any) -> dict[str, Any]:
     return record
 
 
-def _run_library_optimizer(
-    job: Job, instance: TaskInstance, settings: EnvSettings
-) -> dict[str, Any]:
-    """Schedule-Free AdamW or Prodigy with their library defaults, in a plain loop.
-
-    Same instance, minibatch order, budget and divergence rule as the engine.
-    """
-    model = copy.deepcopy(instance.model)
-    if job.run == "schedulefree":
-        import schedulefree
-
-        optimizer = schedulefree.AdamWScheduleFree(model.parameters())
-    else:
-        import prodigyopt
-
-        optimizer = prodigyopt.Prodigy(model.parameters())
-    order = MinibatchOrder(1, len(instance.x_train), instance.batch_size, "cpu")
-    order.restart(0, instance.data_seed)
-    record = _empty_record(job, instance)
-    k = settings.decision_interval
-    steps = math.ceil(instance.horizon / k) * k
-    first, window, diverged = math.nan, [], False
-
-    def evaluate(split: str) -> float:
-        if hasattr(optimizer, "eval"):
-            optimizer.eval()  # Schedule-Free evaluates at its averaged weights
-        with torch.no_grad():
-            x, y = getattr(instance, f"x_{split}"), getattr(instance, f"y_{split}")
-            value = float(instance.loss(model(x), y))
-        if hasattr(optimizer, "train"):
-            optimizer.train()
-        return value
-
-    record["initial_val_loss"] = evaluate("val")
-    for step in range(steps):
-        index = order.next()[0]
-        loss = instance.loss(model(instance.x_train[index]), instance.y_train[index])
-        value = float(loss.detach())
-        first = value if math.isnan(first) else first
-        if not math.isfinite(value) or value > settings.divergence_factor * first:
-            diverged = True
-            break
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        window.append(value)
-        if (step + 1) % k == 0:
-            group = optimizer.param_groups[0]
-            record["steps"].append(step + 1)
-            record["train_loss"].append(float(np.mean(window)))
-            record["val_loss"].append(evaluate("val"))
-            record["lr"].append(float(group["lr"]) * float(group.get("d", 1.0)))
-            record["beta1"].append(float(group["betas"][0]))
-            record["clip"].append(math.inf)
-            window = []
-    if hasattr(optimizer, "eval"):
-        optimizer.eval()
-    with torch.no_grad():
-        output = model(instance.x_test)
-        test_loss = float(instance.loss(output, instance.y_test))
-        accuracy = (
-            None
-            if instance.accuracy is None
-            else float(instance.accuracy(output, instance.y_test))
-        )
-    return _finish(
-        record, test_loss=test_loss, test_accuracy=accuracy, diverged=diverged
-    )
-
-
 # ------------------------------------------------------------ the whole run
 def plan(methods: Sequence[str], tasks: Sequence[EvalTask], seeds: int) -> list[Job]:
-    """The jobs `methods` need, pilot first (replay depends on it), replay last."""
+    """The jobs `methods` need, in the order they can run.
+
+    A tuned method expands into its grid points. Methods that read other methods'
+    records (replay reads the pilot's) come last, and the methods they read first
+    (added when not asked for).
+    """
+    chosen = [METHODS[name] for name in methods]
+    read = [m.reads for m in chosen if m.reads is not None]
     runs: list[str] = []
-    for method in methods:
-        if method in TUNED:
-            base = TUNED[method]
-            runs += [f"{base}@{lr:g}" for lr in baselines.TUNING_GRID]
-        elif method not in ("replay",):
-            runs.append(method)
-    if "replay" in methods and "pilot" not in runs:
-        runs.insert(0, "pilot")
-    runs = sorted(dict.fromkeys(runs), key=lambda r: r != "pilot")
-    if "replay" in methods:
-        runs.append("replay")
+    for method in [METHODS[name] for name in read] + chosen:
+        if method.reads is not None:
+            continue
+        if method.tuned_as is not None:
+            runs += [f"{method.tuned_as}@{lr:g}" for lr in baselines.TUNING_GRID]
+        else:
+            runs.append(method.name)
+    runs += [m.name for m in chosen if m.reads is not None]
     return [
-        Job(task, seed, run) for run in runs for task in tasks for seed in range(seeds)
+        Job(task, seed, run)
+        for run in dict.fromkeys(runs)
+        for task in tasks
+        for seed in range(seeds)
     ]
 
 
@@ -341,22 +243,20 @@ class JobComputer:
 
     def arguments(self, job: Job) -> dict[str, Any]:
         """The keyword arguments of `run_job` for `job`."""
-        replay = None
-        if job.run == "replay":
-            pilot_runs = [
-                r
-                for (task, _, run), r in self.records.items()
-                if run == "pilot" and task == job.task.label
-            ]
-            replay = baselines.median_schedule(
-                [{k: r[k] for k in ("lr", "beta1", "clip")} for r in pilot_runs]
-            )
+        method, _ = method_of_run(job.run)
+        inputs = None
+        if method.reads is not None and method.inputs is not None:
+            by_task: dict[str, list[dict]] = {}
+            for (task, _, run), record in self.records.items():
+                if run == method.reads:
+                    by_task.setdefault(task, []).append(record)
+            inputs = method.inputs(by_task, job.task.label)
         return {
             "job": job,
             "bundle": self.bundle,
             "init_lr": self.init_lr,
             "device": self.device,
-            "replay": replay,
+            "inputs": inputs,
         }
 
     def finish(self, job: Job, record: dict[str, Any]) -> dict[str, Any]:
@@ -405,12 +305,13 @@ def evaluate(
         if cached is not None:
             records[job.key] = cached
     pending = [job for job in jobs if job.key not in records]
-    first = [job for job in pending if job.run != "replay"]
-    replays = [job for job in pending if job.run == "replay"]
+    reads = [method_of_run(job.run)[0].reads is not None for job in pending]
+    first = [job for job, later in zip(pending, reads) if not later]
+    readers = [job for job, later in zip(pending, reads) if later]
 
     compute = JobComputer(bundle, init_lr, device, out, records)
     run_all = runner or _run_here
-    for batch in (first, replays):
+    for batch in (first, readers):
         if batch:
             for job, record in zip(batch, run_all(batch, compute, progress=progress)):
                 records[job.key] = record
@@ -420,8 +321,6 @@ def evaluate(
 def _run_here(
     jobs: list[Job], compute: Callable[[Job], dict], progress: bool = True
 ) -> list[dict]:
-    from tqdm import tqdm
-
     return [
         compute(job)
         for job in tqdm(jobs, disable=not progress, desc="jobs", unit="job")
@@ -448,11 +347,140 @@ def _check_same_evaluation(
         path.write_text(json.dumps(identity))
 
 
-def task_records(records: Sequence[dict]) -> dict[str, dict[str, list[dict]]]:
-    """Records grouped as `[task][run] -> list over seeds`."""
-    grouped: dict[str, dict[str, list[dict]]] = {}
-    for record in records:
-        grouped.setdefault(record["task"], {}).setdefault(record["run"], []).append(
-            record
+# ------------------------------------------------------------- the workflow
+@dataclass(frozen=True)
+class TaskChoice:
+    """What `resolve_tasks` found: the tasks, their default seed count, a name."""
+
+    tasks: list[EvalTask]
+    seeds: int
+    name: str
+
+
+def resolve_tasks(
+    *,
+    suite: str | None = None,
+    family: str | None = None,
+    knobs: dict[str, Any] | None = None,
+    data: Path | None = None,
+    target: str | None = None,
+    model: str = "mlp:64x2",
+    loss: str = "auto",
+) -> TaskChoice:
+    """The tasks of a suite (default `heldout`), of one family, or of a data file.
+
+    Every task is built once here, so a bad name or knob fails before any job runs.
+
+    Raises:
+        UserError: For an unknown suite or family, a bad knob, or a bad data file.
+    """
+    try:
+        if family is not None:
+            spec = FamilySpec(family, dict(knobs or {}))
+            choice = TaskChoice([EvalTask(spec.label, spec)], 5, family)
+        elif data is not None:
+            if target is None and data.suffix != ".npz":
+                raise UserError("--data needs --target COLUMN")
+            file_knobs = {"path": str(data), "model": model, "loss": loss}
+            if target is not None:
+                file_knobs["target"] = target
+            spec = FamilySpec("data_file", file_knobs)
+            choice = TaskChoice([EvalTask(data.name, spec)], 5, data.stem)
+        else:
+            if knobs:
+                raise UserError("--kw goes with --family")
+            tasks, seeds = load_suite(suite or "heldout")
+            choice = TaskChoice(tasks, seeds, Path(suite or "heldout").stem)
+        for task in choice.tasks:
+            task.spec.build()
+    except (ValueError, yaml.YAMLError) as error:
+        raise UserError(str(error).splitlines()[0]) from None
+    return choice
+
+
+def resolve_methods(names: Sequence[str] | None) -> list[str]:
+    """The methods to run: `names` checked, or every available one.
+
+    Raises:
+        UserError: For an unknown method, or one whose library is missing.
+    """
+    if not names:
+        return available_methods()
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise UserError(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    missing = [m for m in names if not METHODS[m].available]
+    if missing:
+        extras = sorted({METHODS[m].extra for m in missing if METHODS[m].extra})
+        raise UserError(
+            f"{missing} need their libraries: pip install 'hyperpilot[{','.join(extras)}]'"
         )
-    return grouped
+    return list(names)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A finished evaluation: the job records, one row per run, the summary, files."""
+
+    records: list[dict[str, Any]]
+    rows: list[dict[str, Any]]
+    summary: dict[str, dict[str, Any]]
+    files: list[Path]
+
+
+def run(
+    pilot: str,
+    tasks: Sequence[EvalTask],
+    seeds: int,
+    methods: Sequence[str],
+    out: Path,
+    *,
+    init_lr: float = 1e-3,
+    device: str = "cpu",
+    progress: bool = True,
+    ray: ray_backend.RayOptions | None = None,
+) -> Evaluation:
+    """Evaluates `pilot` and `methods` on `tasks`, then writes the report to `out`.
+
+    Args:
+        pilot: A bundle folder or a shipped pilot's name.
+        tasks: The tasks (see `resolve_tasks`).
+        seeds: Seeds 0..seeds-1 per task.
+        methods: Names from `METHODS` (see `resolve_methods`).
+        out: The output folder: results.json / csv, plots/, tensorboard/, jobs/.
+        init_lr: The lr every run starts from.
+        device: Where the inner runs go (local backend).
+        progress: Show a progress bar.
+        ray: Run the jobs as Ray tasks (`workers` in flight at once).
+
+    Raises:
+        UserError: For a bad pilot, seeds or lr, or an `out` of another evaluation.
+    """
+    if seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {seeds}")
+    if not init_lr > 0:
+        raise UserError(f"--init-lr must be > 0, got {init_lr}")
+    runner, started = None, False
+    if ray is not None:
+        runner = ray_backend.job_runner(ray.workers, run_job)
+        started = ray_backend.connect(ray.address)
+    try:
+        records = evaluate(
+            pilot, tasks, seeds, methods, out, init_lr, device, progress, runner
+        )
+    except ValueError as error:  # a bundle or an output folder the user named
+        raise UserError(str(error).splitlines()[0]) from None
+    finally:
+        if started:
+            ray_backend.shutdown()
+    rows = report.method_rows(records, methods)
+    summary = report.summarize(rows, methods)
+    settings = {
+        "pilot": pilot,
+        "init_lr": init_lr,
+        "seeds": seeds,
+        "methods": list(methods),
+        "tasks": [t.label for t in tasks],
+    }
+    files = report.write_outputs(out, rows, summary, records, settings)
+    return Evaluation(records, rows, summary, files)

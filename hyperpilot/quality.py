@@ -8,22 +8,20 @@ interrupted benchmark resumes. The result is appended to docs/BENCHMARKS.md.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import datetime
 import math
 import platform
-import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from hyperpilot import report
+from hyperpilot import evaluation, report
+from hyperpilot.agents.methods import available_methods
 from hyperpilot.bench import BENCHMARKS_MD
-from hyperpilot.bundle import load_bundle
-from hyperpilot.evaluation import available_methods, evaluate, load_suite
+from hyperpilot.bundle import PolicyBundle, load_bundle
 
 NORMAL_LR = 1e-3
 BAD_STARTS = {"100x too small": 1e-5, "30x too large": 3e-2}
@@ -53,73 +51,70 @@ def _within(bad: dict, normal: dict, tolerance: float = 0.10) -> float:
     return float(np.mean(hits)) if hits else math.nan
 
 
-def quality(argv: Sequence[str] | None = None) -> int:
-    """Evaluates a pilot on the held-out suite and records the quality targets."""
-    parser = argparse.ArgumentParser(
-        prog="hyperpilot bench quality",
-        description="Evaluate a pilot on the frozen heldout suite against every "
-        "method, plus bad starting learning rates, and append the results and the "
-        "quality targets to docs/BENCHMARKS.md. Resumable: finished jobs are reused.",
-    )
-    parser.add_argument(
-        "--pilot", default="default", help="bundle folder or shipped name"
-    )
-    parser.add_argument("--suite", default="heldout", help="evaluation suite")
-    parser.add_argument("--seeds", type=int, default=5, help="seeds per task (>= 5)")
-    parser.add_argument(
-        "--out", type=Path, default=Path("runs/bench-quality"), help="job cache"
-    )
-    parser.add_argument(
-        "--train-run",
-        type=Path,
-        help="the pilot's training run folder, to report meta-training wall time",
-    )
-    parser.add_argument("--md", type=Path, default=BENCHMARKS_MD, help="results file")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    from hyperpilot.runtime import configure_process
+def run(
+    pilot: str = "default",
+    *,
+    suite: str = "heldout",
+    seeds: int = 5,
+    out: Path = Path("runs/bench-quality"),
+    train_run: Path | None = None,
+    md: Path = BENCHMARKS_MD,
+    progress: bool = True,
+    command: str = "hyperpilot bench quality",
+    log: Callable[[str], None] = print,
+) -> list[str]:
+    """Evaluates a pilot on a suite and appends the quality targets to `md`.
 
-    configure_process()
-    bundle = load_bundle(args.pilot)
-    tasks, _ = load_suite(args.suite)
+    Every available method runs from lr 1e-3; then the pilot and constant Adam
+    from an lr 100x too small and 30x too large. Jobs are cached under `out`, so an
+    interrupted benchmark resumes.
+
+    Args:
+        pilot: A bundle folder or a shipped pilot's name.
+        suite: The evaluation suite (the frozen `heldout` one by default).
+        seeds: Seeds per task.
+        out: The job cache and report folder.
+        train_run: The pilot's training run folder, to report its wall time.
+        md: The results file the section is appended to.
+        progress: Show progress bars.
+        command: The command line, written with the results.
+        log: Where the tables go.
+
+    Returns:
+        The target lines (`... -> holds` / `does NOT hold`).
+    """
+    bundle = load_bundle(pilot)
+    tasks = evaluation.resolve_tasks(suite=suite).tasks
     labels = [t.label for t in tasks]
-    methods = available_methods()
-    progress = not args.no_progress
-    records = evaluate(
-        args.pilot,
+    normal = evaluation.run(
+        pilot,
         tasks,
-        args.seeds,
-        methods,
-        args.out / "normal",
-        NORMAL_LR,
+        seeds,
+        available_methods(),
+        out / "normal",
+        init_lr=NORMAL_LR,
         progress=progress,
     )
-    rows = report.method_rows(records, methods)
-    summary = report.summarize(rows, methods)
-    report.write_outputs(
-        args.out / "normal", rows, summary, records, {"suite": args.suite}
-    )
-    print(report.table(summary))
+    log(report.table(normal.summary))
 
     bad_rows = {}
     for name, lr in BAD_STARTS.items():
-        bad = evaluate(
-            args.pilot,
+        bad = evaluation.evaluate(
+            pilot,
             tasks,
-            args.seeds,
+            seeds,
             ["pilot", "constant"],
-            args.out / f"init_lr_{lr:g}",
+            out / f"init_lr_{lr:g}",
             lr,
             progress=progress,
         )
         bad_rows[name] = report.method_rows(bad, ["pilot", "constant"])
 
-    lines = _targets(summary, rows, bad_rows, labels)
-    command = "hyperpilot bench quality " + shlex.join(list(argv or []))
-    _append(args.md, command.strip(), bundle, summary, rows, lines, args, tasks)
-    print("\n".join(lines))
-    print(f"appended to {args.md}")
-    return 0
+    lines = _targets(normal.summary, normal.rows, bad_rows, labels)
+    _append(md, command, bundle, normal, lines, pilot, suite, seeds, out, train_run)
+    log("\n".join(lines))
+    log(f"appended to {md}")
+    return lines
 
 
 def _targets(
@@ -178,12 +173,14 @@ def _targets(
 def _append(
     path: Path,
     command: str,
-    bundle,
-    summary: dict,
-    rows: list[dict],
+    bundle: PolicyBundle,
+    normal: evaluation.Evaluation,
     lines: list[str],
-    args: argparse.Namespace,
-    tasks: list,
+    pilot: str,
+    suite: str,
+    seeds: int,
+    out: Path,
+    train_run: Path | None,
 ) -> None:
     training = bundle.meta.get("training", {})
     timesteps = int(training.get("timesteps", 0))
@@ -191,23 +188,24 @@ def _append(
         f"checkpoint at {timesteps:,} meta-env steps = "
         f"{timesteps * bundle.decision_interval:,} inner steps"
     )
-    if args.train_run is not None and (args.train_run / "progress.csv").is_file():
-        with (args.train_run / "progress.csv").open() as handle:
+    if train_run is not None and (train_run / "progress.csv").is_file():
+        with (train_run / "progress.csv").open() as handle:
             elapsed = [float(r["time/time_elapsed"]) for r in csv.DictReader(handle)]
         cost += f"; the whole run took {elapsed[-1] / 60:.1f} min wall time"
+    tasks = ", ".join(dict.fromkeys(r["task"] for r in normal.rows))
     text = (
-        f"\n## Quality on `{args.suite}`, {datetime.date.today().isoformat()}\n\n"
+        f"\n## Quality on `{suite}`, {datetime.date.today().isoformat()}\n\n"
         f"- command: `{command}`\n"
         f"- machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), "
         f"torch {torch.__version__}, CPU\n"
-        f"- pilot: `{args.pilot}` (trained by `{training.get('command', '?')}`; {cost})\n"
-        f"- tasks: {', '.join(t.label for t in tasks)}; seeds 0-{args.seeds - 1}; "
+        f"- pilot: `{pilot}` (trained by `{training.get('command', '?')}`; {cost})\n"
+        f"- tasks: {tasks}; seeds 0-{seeds - 1}; "
         f"every run starts at lr {NORMAL_LR:g}, beta1 0.9\n"
-        f"- plots: `{args.out / 'normal' / 'plots'}` (profile.png, curves, schedules)\n\n"
-        "```\n" + report.table(summary) + "\n```\n\n"
+        f"- plots: `{out / 'normal' / 'plots'}` (profile.png, curves, schedules)\n\n"
+        "```\n" + report.table(normal.summary) + "\n```\n\n"
         "Performance profile (steps to the target loss, relative to the fastest "
         "method per task; score B integrates it):\n\n"
-        "```\n" + report.profile_table(rows) + "\n```\n\n"
+        "```\n" + report.profile_table(normal.rows) + "\n```\n\n"
         "Targets (zero-shot, no per-task tuning of the pilot):\n\n"
         + "\n".join(lines)
         + "\n"

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tqdm import tqdm
+
 from hyperpilot.envs.ray_vec_env import (
     check_resources,
     first_line,
@@ -20,6 +22,7 @@ from hyperpilot.envs.ray_vec_env import (
     worker_devices,
 )
 from hyperpilot.envs.vec_env import groups_from
+from hyperpilot.runtime import UserError, configure_process
 
 __all__ = [
     "RayOptions",
@@ -32,15 +35,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class RayOptions:
-    """How `hyperpilot train --backend ray` spreads the inner runs.
+    """How a `--backend ray` command spreads its work.
 
     Attributes:
-        workers: Ray actors hosting the engine buckets.
+        workers: `train`: Ray actors hosting the engine buckets (required);
+            `evaluate`: jobs in flight at once (None: as many as Ray has CPUs).
         gpus_per_worker: GPUs each actor reserves (0: CPU actors).
         address: A running cluster's address (`HEAD:6379`); None starts a local Ray.
     """
 
-    workers: int
+    workers: int | None
     gpus_per_worker: float = 0.0
     address: str | None = None
 
@@ -83,7 +87,7 @@ def connect(address: str | None = None) -> bool:
         was already initialized in this process (e.g. by a test).
 
     Raises:
-        ConnectionError: If no cluster answers at `address`.
+        UserError: If no cluster answers at `address`.
     """
     ray = import_ray()
     if ray.is_initialized():
@@ -93,21 +97,21 @@ def connect(address: str | None = None) -> bool:
     try:
         ray.init(address=address, include_dashboard=False)
     except ConnectionError as error:
-        raise ConnectionError(
+        raise UserError(
             f"no Ray cluster answers at {address}: {first_line(error)}"
         ) from None
     return True
 
 
 def _probe(address: str, timeout: float = 10.0) -> None:
-    """Raises ConnectionError when nothing listens at `HOST:PORT` (others pass)."""
+    """Raises UserError when nothing listens at `HOST:PORT` (others pass)."""
     host, sep, port = address.rpartition(":")
     if not sep or "://" in address or not port.isdigit():
         return  # `auto`, `ray://...`: left to Ray
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as error:
-        raise ConnectionError(
+        raise UserError(
             f"no Ray cluster answers at {address} ({error.strerror or error}); start "
             "one with `ray start --head` on that machine"
         ) from None
@@ -118,11 +122,10 @@ def shutdown() -> None:
     import_ray().shutdown()
 
 
-def _run_job_remote(**kwargs: Any) -> dict[str, Any]:
+def _run_job_remote(
+    run_job: Callable[..., dict[str, Any]], **kwargs: Any
+) -> dict[str, Any]:
     """One evaluation job inside a Ray worker: one torch thread, as run locally."""
-    from hyperpilot.evaluation import run_job
-    from hyperpilot.runtime import configure_process
-
     configure_process(1)  # the worker's own process, as `hyperpilot evaluate` does
     return run_job(**kwargs)
 
@@ -130,7 +133,7 @@ def _run_job_remote(**kwargs: Any) -> dict[str, Any]:
 Runner = Callable[..., list[dict[str, Any]]]
 
 
-def job_runner(workers: int | None = None) -> Runner:
+def job_runner(workers: int | None, run_job: Callable[..., dict[str, Any]]) -> Runner:
     """A `runner` for `evaluation.evaluate`: each job a Ray task of one CPU.
 
     Records come back to the caller, which caches them exactly as a local run does
@@ -138,6 +141,8 @@ def job_runner(workers: int | None = None) -> Runner:
 
     Args:
         workers: Jobs in flight at once (None: all; Ray queues them on its CPUs).
+        run_job: The function a job runs (`evaluation.run_job`), called in the
+            worker with `compute.arguments(job)`.
     """
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -145,8 +150,6 @@ def job_runner(workers: int | None = None) -> Runner:
     def run(
         jobs: list[Any], compute: Any, progress: bool = True
     ) -> list[dict[str, Any]]:
-        from tqdm import tqdm
-
         ray = import_ray()
         remote = ray.remote(num_cpus=1)(_run_job_remote)
         bundle = ray.put(compute.bundle)
@@ -158,7 +161,7 @@ def job_runner(workers: int | None = None) -> Runner:
         def submit() -> None:
             for index, job in queue:
                 kwargs = {**compute.arguments(job), "bundle": bundle}
-                in_flight[remote.remote(**kwargs)] = index
+                in_flight[remote.remote(run_job, **kwargs)] = index
                 if len(in_flight) >= limit:
                     return
 

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
+from torch.utils.tensorboard import SummaryWriter
 
-from hyperpilot.evaluation import TUNED, task_records
+from hyperpilot.agents.methods import TUNED
 from hyperpilot.metrics import R_MAX, performance_profile, performance_ratios, score_b
 from hyperpilot.metrics import steps_to_target as first_step_at
 
@@ -31,6 +32,16 @@ COLUMNS = (
     "diverged",
     "inner_steps",
 )
+
+
+def task_records(records: Sequence[dict]) -> dict[str, dict[str, list[dict]]]:
+    """Records grouped as `[task][run] -> list over seeds`."""
+    grouped: dict[str, dict[str, list[dict]]] = {}
+    for record in records:
+        grouped.setdefault(record["task"], {}).setdefault(record["run"], []).append(
+            record
+        )
+    return grouped
 
 
 def _median_final(runs: list[dict]) -> float:
@@ -312,8 +323,6 @@ def _plots(folder: Path, rows: list[dict], summary: dict) -> list[Path]:
 
 def _tensorboard(folder: Path, rows: list[dict]) -> None:
     """One folder per (method, task), seed 0, with `inner/*` and `hparams/*` per step."""
-    from torch.utils.tensorboard import SummaryWriter
-
     for task, by_method in _first_seed(rows).items():
         for method, record in by_method.items():
             with SummaryWriter(str(folder / method / _safe(task))) as writer:

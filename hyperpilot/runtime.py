@@ -12,6 +12,19 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
+
+
+class UserError(ValueError):
+    """Bad input from the user: the CLI prints it as one line and exits with code 2.
+
+    Workflows raise it (or a subclass: `ConfigError`, `BundleError`) for anything a
+    user can fix; any other exception is a bug and keeps its traceback.
+    """
+
+    def __init__(self, message: object) -> None:
+        super().__init__(" ".join(str(message).split()))
+
 
 def configure_process(threads: int = 1) -> None:
     """Process-wide torch settings for our own entry points (never set on import).
@@ -21,8 +34,6 @@ def configure_process(threads: int = 1) -> None:
     values aggressive learning rates produce. Library code a user imports (the
     `Pilot`, the envs) never calls this.
     """
-    import torch
-
     torch.set_num_threads(threads)
     torch.set_flush_denormal(True)
 

@@ -1,5 +1,7 @@
 """`hyperpilot bench quality` on a tiny suite: targets are measured and recorded."""
 
+import json
+
 import pytest
 
 from hyperpilot.cli import main
@@ -27,7 +29,6 @@ def test_quality_benchmark_records_every_target(tiny_bundle, tmp_path, capsys):
     text = md.read_text()
     for needle in (
         "## Quality on `smoke`",
-        "0 pilot divergences",
         "beats constant Adam",
         "score B above replay",
         "score B above blind",
@@ -39,6 +40,10 @@ def test_quality_benchmark_records_every_target(tiny_bundle, tmp_path, capsys):
         "share of tasks within",
     ):
         assert needle in text, needle
+    results = json.loads((tmp_path / "q" / "normal" / "results.json").read_text())
+    divergences = results["summary"]["pilot"]["divergences"]
+    verdict = "holds" if divergences == 0 else "does NOT hold"
+    assert f"- floor, 0 pilot divergences: {divergences} -> {verdict}" in text
     assert (tmp_path / "q" / "normal" / "plots" / "profile.png").is_file()
     first = capsys.readouterr().out
     assert main(args) == 0  # a re-run reuses every job

@@ -1,0 +1,144 @@
+"""The meta-training workflow: a run folder, a new or resumed PPO run, Ray on demand.
+
+`run` is what `hyperpilot train` does after parsing its flags; benchmarks (the
+ablations) call it the same way. Everything a user can get wrong is checked before
+the run folder is written, and reported as a `UserError`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from stable_baselines3 import PPO
+
+from hyperpilot import ray_backend
+from hyperpilot.agents.checkpoints import find_checkpoint
+from hyperpilot.agents.ppo import TrainResult, check_init_bundle, export_pilot, train
+from hyperpilot.bundle import BundleError, PolicyBundle
+from hyperpilot.config import TrainConfig, dump_config, load_config
+from hyperpilot.runtime import UserError
+
+CONFIG_FILE = "config.yaml"
+COMMAND_FILE = "command.txt"
+
+
+def default_run_dir(
+    config: TrainConfig, runs_root: Path, run_name: str | None = None
+) -> Path:
+    """`runs_root/<run_name>`, by default `<config>__s<seed>__<unix time>`."""
+    name = run_name or f"{config.name}__s{config.run.seed}__{int(time.time())}"
+    return runs_root / name
+
+
+def load_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """The config a run folder was started with (for `--resume`), plus overrides.
+
+    Raises:
+        UserError: If `run_dir` is not a run folder, or an override is invalid.
+    """
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise UserError(f"{run_dir} is not a run folder (no {CONFIG_FILE})")
+    return load_config(run_dir / CONFIG_FILE, overrides)
+
+
+def _init_bundle(config: TrainConfig, init_from: str | None) -> PolicyBundle | None:
+    if init_from is None:
+        return None
+    try:
+        return check_init_bundle(config, init_from)
+    except BundleError as error:
+        raise UserError(str(error)) from None
+
+
+def run(
+    config: TrainConfig,
+    run_dir: Path,
+    *,
+    command: str,
+    resume: bool = False,
+    init_from: str | None = None,
+    ray: ray_backend.RayOptions | None = None,
+    log: Callable[[str], None] = print,
+) -> TrainResult:
+    """Meta-trains a pilot into `run_dir` (new), or continues the run there.
+
+    A new run writes `config.yaml` and `command.txt` first; a resumed one keeps its
+    own. With `ray`, Ray is joined (or started) for the run and left afterwards.
+
+    Args:
+        config: The resolved config (for a resume, `load_run_config(run_dir)`).
+        run_dir: The run folder; it must not exist for a new run.
+        command: The command line, stored in the folder and the bundles.
+        resume: Continue from the newest checkpoint in `run_dir`.
+        init_from: A bundle (path or shipped name) to start the actor from.
+        ray: Host the inner runs in Ray actors.
+        log: Where progress lines go.
+
+    Returns:
+        How the run ended (see `TrainResult`).
+
+    Raises:
+        UserError: For an existing run folder, a bundle that does not fit, or Ray
+            options the cluster cannot serve.
+    """
+    bundle = _init_bundle(config, init_from)
+    if not resume and run_dir.exists():
+        raise UserError(f"run folder {run_dir} exists; choose another --run-name")
+    started = False
+    if ray is not None:
+        started = ray_backend.connect(ray.address)
+        try:
+            ray_backend.check_options(ray, config.env.buckets(), config.run.device)
+        except ValueError as error:
+            if started:
+                ray_backend.shutdown()
+            raise UserError(str(error)) from None
+    try:
+        if resume:
+            command = (run_dir / COMMAND_FILE).read_text().strip()
+        else:
+            run_dir.mkdir(parents=True)
+            dump_config(config, run_dir / CONFIG_FILE)
+            (run_dir / COMMAND_FILE).write_text(command + "\n")
+        log(f"run folder: {run_dir}")
+        return train(
+            config,
+            run_dir,
+            command=command,
+            resume=resume,
+            init_from=bundle,
+            ray_workers=None if ray is None else ray.venv_kwargs(),
+        )
+    finally:
+        if started:
+            ray_backend.shutdown()
+
+
+def export(
+    run_dir: Path, step: int | None = None, out: Path | None = None
+) -> tuple[Path, int]:
+    """Writes the bundle of a run's checkpoint (the newest, or the one at `step`).
+
+    Returns:
+        The bundle folder (default `run_dir/pilot-step<step>`) and the step of the
+        checkpoint it came from.
+
+    Raises:
+        UserError: If `run_dir` is not a run folder or has no such checkpoint.
+    """
+    config = load_run_config(run_dir)
+    try:
+        checkpoint = find_checkpoint(run_dir, step)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    model = PPO.load(checkpoint.model, device="cpu")
+    out = out or run_dir / f"pilot-step{checkpoint.step}"
+    command_file = run_dir / COMMAND_FILE
+    command = command_file.read_text().strip() if command_file.exists() else ""
+    try:
+        export_pilot(model, config, out, command, checkpoint.obs_rms())
+    except BundleError as error:
+        raise UserError(str(error)) from None
+    return out, checkpoint.step

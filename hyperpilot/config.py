@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import yaml
+from stable_baselines3 import PPO
 
 from hyperpilot.bundle import ACTIVATIONS as ACTIVATION_CLASSES
 from hyperpilot.envs.actions import ACTION_MODES, HPARAM_NAMES
@@ -35,6 +36,7 @@ from hyperpilot.envs.episodes import InitRanges
 from hyperpilot.envs.reward import REWARD_KINDS, RewardConfig
 from hyperpilot.envs.settings import DTYPES, EnvSettings
 from hyperpilot.envs.tasks.splits import CONFIGS_DIR, load_split
+from hyperpilot.envs.vec_env import groups_from
 from hyperpilot.runtime import UserError
 
 SECTIONS: Final = ("run", "env", "ppo", "eval", "logging")
@@ -606,8 +608,6 @@ def _env_section(data: Mapping[str, Any]) -> EnvSection:
 
 def _resolve_buckets(values: dict[str, Any]) -> None:
     """Picks one of split/family/groups and checks the buckets they name."""
-    from hyperpilot.envs.vec_env import groups_from
-
     given = [k for k in ("split", "family", "groups") if values.get(k) is not None]
     if len(given) > 1:
         raise ConfigError(
@@ -676,8 +676,6 @@ def _ppo_section(data: Mapping[str, Any]) -> PPOSection:
 
 @cache
 def _ppo_parameters() -> dict[str, inspect.Parameter]:
-    from stable_baselines3 import PPO
-
     parameters = inspect.signature(PPO.__init__).parameters
     return {k: p for k, p in parameters.items() if k != "self"}
 

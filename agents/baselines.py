@@ -35,17 +35,19 @@ _F64 = torch.float64
 
 
 def _set(current: Hyperparams, **values: torch.Tensor | float | None) -> Hyperparams:
-    """`current` with the named entries replaced (broadcast to `[N]`), all clamped.
+    """`current` with the named entries replaced (broadcast to `[N]`, clamped).
 
-    Entries given as None, or not given, keep their current value. The result has
-    the device and dtype of `current.lr`.
+    Entries given as None, or not given, keep their current value unchanged (an
+    unclipped run's infinite clip stays infinite). The result has the device and
+    dtype of `current.lr`.
     """
     like = current.lr
     out = []
     for name, old in zip(HPARAM_NAMES, current.values()):
         new = values.get(name)
         if new is None:
-            new = old
+            out.append(old.to(like))
+            continue
         new = torch.as_tensor(new, dtype=like.dtype, device=like.device)
         out.append(new.expand_as(like).clamp(*ACTION_RANGES[name]))
     return Hyperparams(*out)
@@ -421,6 +423,90 @@ def median_schedule(traces: list[dict[str, list[float]]]) -> dict[str, list[floa
             for i in range(length)
         ]
     return out
+
+
+PROGRESS_BINS: Final = 100
+"""Resolution of `progress_median_schedule`: one value per 1% of a run."""
+
+
+def progress_median_schedule(
+    records: list[dict], bins: int = PROGRESS_BINS
+) -> dict[str, list[float]]:
+    """The median, by progress, of runs of different lengths: one schedule shape.
+
+    Each record (an evaluation job record: `steps` at the end of each decision
+    window, `horizon`, and the `lr` / `beta1` / `clip` in force during each window)
+    is read as a step function of progress, the window starting at `steps[i - 1]`
+    (0 for the first) holding entry i. Bin b (centre `(b + 0.5) / bins`) takes the
+    median over the records that reach it (a diverged run ends early).
+
+    Returns:
+        `{name: [value per bin]}` for lr, beta1 and clip.
+    """
+    columns: dict[str, list[list[float]]] = {
+        name: [[] for _ in range(bins)] for name in HPARAM_NAMES
+    }
+    for record in records:
+        ends, window = record["steps"], 0
+        for b in range(bins):
+            step = (b + 0.5) / bins * float(record["horizon"])
+            while window < len(ends) and ends[window] <= step:
+                window += 1
+            if window == len(ends):
+                break  # the run ended (diverged) before this bin
+            for name in HPARAM_NAMES:
+                columns[name][b].append(float(record[name][window]))
+    if not any(columns["lr"]):
+        raise ValueError("a progress schedule needs at least one recorded window")
+    out = {}
+    for name, per_bin in columns.items():
+        values: list[float] = []
+        for entries in per_bin:  # bins no run reached hold the last median
+            values.append(statistics.median(entries) if entries else values[-1])
+        out[name] = [float(v) for v in values]
+    return out
+
+
+class ProgressReplay:
+    """Open-loop replay of one schedule by progress, the same shape on every run.
+
+    At a decision at inner step s of T, every hyperparameter takes the entry of bin
+    `floor(s / T * bins)` of its list (see `progress_median_schedule`), so runs of
+    any length follow the same shape. A control that asks whether reacting to the
+    run adds anything to a fixed schedule shape.
+
+    Args:
+        schedule: `{"lr": [...], "beta1": [...], "clip": [...]}`, any non-empty
+            subset, each a non-empty list of the same length (the bins).
+    """
+
+    name = "replay_suite"
+
+    def __init__(self, schedule: dict[str, list[float]]) -> None:
+        lengths = {len(values) for values in schedule.values()}
+        unknown = sorted(set(schedule) - set(HPARAM_NAMES))
+        if not schedule or unknown or len(lengths) != 1 or 0 in lengths:
+            raise ValueError(
+                "a progress schedule needs equally long, non-empty lists for some of "
+                f"{list(HPARAM_NAMES)} (unknown: {unknown})"
+            )
+        self.schedule = {
+            name: torch.tensor(values, dtype=_F64) for name, values in schedule.items()
+        }
+        self.bins = lengths.pop()
+
+    def reset(self, spec: RunSpec) -> None:
+        """Nothing to remember: the state's progress picks the bin."""
+
+    def act(self, state: ControllerState) -> Hyperparams:
+        """Every run's values at its progress."""
+        progress = state.step.to(_F64) / state.total_steps.to(_F64)
+        index = (progress * self.bins).floor().long().clamp(0, self.bins - 1)
+        values = {
+            name: values.to(index.device)[index]
+            for name, values in self.schedule.items()
+        }
+        return _set(state.hparams, **values)
 
 
 class BlindControl(PolicyController):

@@ -62,6 +62,10 @@ class Method:
         inputs: `inputs(records_by_task, task) -> dict` turns the records of
             `reads` (grouped by task label) into `MethodContext.inputs` for a job
             on `task`; the result must be plain data (it travels to Ray workers).
+        uses_pilot: Its runs depend on the pilot under evaluation (its policy, its
+            records or its action space). Such runs start from the bundle's default
+            clip; every other method runs unclipped, so the baselines do not move
+            when the pilot changes, and their cached jobs serve any pilot.
     """
 
     name: str
@@ -73,6 +77,7 @@ class Method:
     extra: str | None = None
     reads: str | None = None
     inputs: Callable[[Mapping[str, list[dict]], str], dict[str, Any]] | None = None
+    uses_pilot: bool = False
 
     @property
     def available(self) -> bool:
@@ -116,8 +121,21 @@ def _task_median_schedule(
     return {"schedule": baselines.median_schedule(traces)}
 
 
+def _suite_progress_schedule(
+    records: Mapping[str, list[dict]], task: str
+) -> dict[str, Any]:
+    del task  # one schedule for every task of the suite
+    runs = [record for task_runs in records.values() for record in task_runs]
+    return {"schedule": baselines.progress_median_schedule(runs)}
+
+
 _ENTRIES: Final = (
-    Method("pilot", "the bundle, deterministic actions", controller=_pilot),
+    Method(
+        "pilot",
+        "the bundle, deterministic actions",
+        controller=_pilot,
+        uses_pilot=True,
+    ),
     Method(
         "constant",
         "Adam at --init-lr, the default a user takes",
@@ -176,16 +194,28 @@ _ENTRIES: Final = (
         controller=lambda ctx: baselines.ReplayControl(ctx.inputs["schedule"]),
         reads="pilot",
         inputs=_task_median_schedule,
+        uses_pilot=True,
+    ),
+    Method(
+        "replay_suite",
+        "control: one schedule by progress, the median of the pilot's schedules on "
+        "every task of the suite, replayed open-loop on each",
+        controller=lambda ctx: baselines.ProgressReplay(ctx.inputs["schedule"]),
+        reads="pilot",
+        inputs=_suite_progress_schedule,
+        uses_pilot=True,
     ),
     Method(
         "random",
         "control: uniform random actions",
         controller=_random,
+        uses_pilot=True,
     ),
     Method(
         "blind",
         "control: the pilot with every feature but progress held at its mean",
         controller=lambda ctx: baselines.BlindControl(ctx.bundle),
+        uses_pilot=True,
     ),
 )
 

@@ -21,6 +21,7 @@ version only adds fields, so it loads.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -226,6 +227,9 @@ class PolicyBundle:
         obs_var: `[F]` float64 running variance, or None.
         obs_clip: Normalized observations are clipped to +-this.
         obs_epsilon: Added to the variance before the square root.
+        fingerprint: 12 hex digits of the SHA-256 of `pilot.json` and the weights
+            file: equal for equal bundles wherever they lie (evaluation caches
+            a pilot's runs under it).
     """
 
     meta: dict
@@ -234,6 +238,7 @@ class PolicyBundle:
     obs_var: torch.Tensor | None
     obs_clip: float
     obs_epsilon: float
+    fingerprint: str = ""
 
     @property
     def decision_interval(self) -> int:
@@ -525,7 +530,15 @@ def load_bundle(path_or_name: str | Path) -> PolicyBundle:
         else torch.tensor(norm["var"], dtype=torch.float64),
         obs_clip=math.inf if norm is None else float(norm["clip"]),
         obs_epsilon=0.0 if norm is None else float(norm["epsilon"]),
+        fingerprint=_fingerprint(meta_path, weights_path),
     )
+
+
+def _fingerprint(*files: Path) -> str:
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _resolve(path_or_name: str | Path) -> Path:

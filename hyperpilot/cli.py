@@ -293,7 +293,16 @@ def _evaluate_parser() -> argparse.ArgumentParser:
         "--init-lr", type=float, default=1e-3, help="lr every run starts from"
     )
     parser.add_argument(
-        "--out", type=Path, help="output folder (default runs/eval__<tasks>)"
+        "--no-val",
+        action="store_true",
+        help="the pilot runs without validation features, as deployed without a "
+        "val_fn (baselines are unaffected)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default runs/eval__<tasks>); one folder per pilot, "
+        "init lr and --no-val",
     )
     parser.add_argument("--device", default="cpu", help="where the inner runs go")
     parser.add_argument(
@@ -342,6 +351,7 @@ def evaluate(argv: Sequence[str] | None = None) -> int:
         device=args.device,
         progress=not args.no_progress,
         ray=ray,
+        validation=not args.no_val,
     )
     print(report.table(result.summary))
     print(

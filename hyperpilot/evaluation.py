@@ -31,6 +31,7 @@ from hyperpilot.agents.methods import (
     method_of_run,
 )
 from hyperpilot.bundle import PolicyBundle, load_bundle
+from hyperpilot.envs.actions import LR_RANGE
 from hyperpilot.envs.engine import BatchedEngine
 from hyperpilot.envs.episodes import Episode
 from hyperpilot.envs.tasks.base import TaskInstance
@@ -54,23 +55,33 @@ class EvalTask:
 
 @dataclass(frozen=True)
 class Job:
-    """One inner training run: `run` is a method (`pilot`) or a grid point (`cosine@3e-4`)."""
+    """One inner training run on one task instance.
+
+    `run` is a method (`pilot`) or a tuned method's grid point (`cosine@3e-4`).
+    `variant` tells apart the runs of methods that use the pilot: the pilot's
+    fingerprint, plus `-noval` when it runs without validation features; it is
+    empty for every other method, whose runs serve any pilot.
+    """
 
     task: EvalTask
     seed: int
     run: str
+    variant: str = ""
 
     @property
-    def key(self) -> tuple[str, int, str]:
-        """Identifies the job: (task label, seed, run)."""
-        return (self.task.label, self.seed, self.run)
+    def key(self) -> tuple[str, int, str, str]:
+        """Identifies the job: (task label, seed, run, variant)."""
+        return (self.task.label, self.seed, self.run, self.variant)
 
     def path(self, out: Path) -> Path:
         """Where the job's record is cached."""
         safe = "".join(
             c if c.isalnum() or c in "._-=@" else "_" for c in self.task.label
         )
-        return out / "jobs" / safe / self.run / f"seed{self.seed}.json"
+        folder = out / "jobs" / safe / self.run
+        if self.variant:
+            folder = folder / self.variant
+        return folder / f"seed{self.seed}.json"
 
 
 def load_suite(name_or_path: str | Path) -> tuple[list[EvalTask], int]:
@@ -104,8 +115,12 @@ def run_job(
     init_lr: float,
     device: str = "cpu",
     inputs: dict[str, Any] | None = None,
+    validation: bool = True,
 ) -> dict[str, Any]:
     """Runs one job and returns its record (curves per decision, final metrics).
+
+    Methods that use the pilot start from the bundle's default clip; the others
+    run unclipped, so their results do not depend on the pilot.
 
     Args:
         job: The task, seed and run (a method, or a tuned method's grid point).
@@ -114,6 +129,7 @@ def run_job(
         init_lr: The lr every run starts from (a grid point replaces it).
         device: Where the inner run goes.
         inputs: What the method derived from other methods' records (replay).
+        validation: Whether the pilot's features include the validation loss.
     """
     method, grid_lr = method_of_run(job.run)
     lr = init_lr if grid_lr is None else grid_lr
@@ -129,7 +145,8 @@ def run_job(
         assert method.controller is not None
         runs = BatchedEngine(1, settings)
         controller = method.controller(context)
-    runs.start([0], [Episode(instance, init_lr, 0.9, bundle.default_clip, True)])
+    clip = bundle.default_clip if method.uses_pilot else math.inf
+    runs.start([0], [Episode(instance, init_lr, 0.9, clip, validation)])
     record = _empty_record(job, instance)
     record["initial_val_loss"] = float(runs.first_val[0])
     ended = {"diverged": False}
@@ -187,12 +204,14 @@ def _finish(record: dict, **final: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------ the whole run
-def plan(methods: Sequence[str], tasks: Sequence[EvalTask], seeds: int) -> list[Job]:
+def plan(
+    methods: Sequence[str], tasks: Sequence[EvalTask], seeds: int, variant: str = ""
+) -> list[Job]:
     """The jobs `methods` need, in the order they can run.
 
     A tuned method expands into its grid points. Methods that read other methods'
     records (replay reads the pilot's) come last, and the methods they read first
-    (added when not asked for).
+    (added when not asked for). Jobs of methods that use the pilot get `variant`.
     """
     chosen = [METHODS[name] for name in methods]
     read = [m.reads for m in chosen if m.reads is not None]
@@ -206,7 +225,7 @@ def plan(methods: Sequence[str], tasks: Sequence[EvalTask], seeds: int) -> list[
             runs.append(method.name)
     runs += [m.name for m in chosen if m.reads is not None]
     return [
-        Job(task, seed, run)
+        Job(task, seed, run, variant if method_of_run(run)[0].uses_pilot else "")
         for run in dict.fromkeys(runs)
         for task in tasks
         for seed in range(seeds)
@@ -239,7 +258,9 @@ class JobComputer:
     device: str
     out: Path
     records: dict[tuple, dict]
-    """Records finished so far (the replay control reads the pilot's)."""
+    """Records finished so far, by `Job.key` (the replay controls read the pilot's)."""
+    validation: bool = True
+    """Whether the pilot sees the validation loss."""
 
     def arguments(self, job: Job) -> dict[str, Any]:
         """The keyword arguments of `run_job` for `job`."""
@@ -247,8 +268,8 @@ class JobComputer:
         inputs = None
         if method.reads is not None and method.inputs is not None:
             by_task: dict[str, list[dict]] = {}
-            for (task, _, run), record in self.records.items():
-                if run == method.reads:
+            for (task, _, run, variant), record in self.records.items():
+                if run == method.reads and variant == job.variant:
                     by_task.setdefault(task, []).append(record)
             inputs = method.inputs(by_task, job.task.label)
         return {
@@ -257,6 +278,7 @@ class JobComputer:
             "init_lr": self.init_lr,
             "device": self.device,
             "inputs": inputs,
+            "validation": self.validation,
         }
 
     def finish(self, job: Job, record: dict[str, Any]) -> dict[str, Any]:
@@ -279,6 +301,7 @@ def evaluate(
     device: str = "cpu",
     progress: bool = True,
     runner: Callable[..., list[dict]] | None = None,
+    validation: bool = True,
 ) -> list[dict[str, Any]]:
     """Runs (or reuses) every job and returns all records.
 
@@ -294,11 +317,17 @@ def evaluate(
         runner: `runner(jobs, compute, progress=...)` maps the pending jobs to
             records, calling the `JobComputer` `compute` per job (default: one
             after another here; `hyperpilot.ray_backend.job_runner` fans out).
+        validation: Whether the pilot's features include the validation loss
+            (False: as a pilot deployed without a `val_fn`).
+
+    Raises:
+        UserError: If `out` holds jobs of another evaluation.
     """
     bundle = load_bundle(bundle_ref)
     out.mkdir(parents=True, exist_ok=True)
-    _check_same_evaluation(out, bundle_ref, bundle, init_lr)
-    jobs = plan(methods, tasks, seeds)
+    _check_same_evaluation(out, bundle, init_lr)
+    variant = bundle.fingerprint + ("" if validation else "-noval")
+    jobs = plan(methods, tasks, seeds, variant)
     records: dict[tuple, dict] = {}
     for job in jobs:
         cached = load_record(job.path(out))
@@ -309,7 +338,7 @@ def evaluate(
     first = [job for job, later in zip(pending, reads) if not later]
     readers = [job for job, later in zip(pending, reads) if later]
 
-    compute = JobComputer(bundle, init_lr, device, out, records)
+    compute = JobComputer(bundle, init_lr, device, out, records, validation)
     run_all = runner or _run_here
     for batch in (first, readers):
         if batch:
@@ -327,24 +356,25 @@ def _run_here(
     ]
 
 
-def _check_same_evaluation(
-    out: Path, bundle_ref: str, bundle: PolicyBundle, init_lr: float
-) -> None:
-    """Refuses to mix cached jobs of another pilot or start lr into this folder."""
-    identity = {
-        "pilot": str(bundle_ref),
-        "created": bundle.meta.get("created"),
-        "init_lr": init_lr,
-    }
+def _check_same_evaluation(out: Path, bundle: PolicyBundle, init_lr: float) -> None:
+    """Refuses to mix cached jobs of another start lr or K into `out`.
+
+    Every job depends on both; which pilot is evaluated (and whether it sees
+    validation) is part of the paths of the jobs that use it, so one folder holds
+    the baselines once for any number of pilots.
+    """
+    identity = {"init_lr": init_lr, "decision_interval": bundle.decision_interval}
     path = out / "evaluation.json"
     if path.exists():
         previous = json.loads(path.read_text())
-        if previous != identity:
-            raise ValueError(
-                f"{out} holds jobs of another evaluation ({previous}); choose another --out"
+        theirs = {key: previous.get(key) for key in identity}
+        if theirs != identity:
+            raise UserError(
+                f"{out} holds jobs of another evaluation ({theirs}, not {identity}); "
+                f"pass another --out, or delete {out} to start over"
             )
     else:
-        path.write_text(json.dumps(identity))
+        atomic_write_text(path, json.dumps(identity))
 
 
 # ------------------------------------------------------------- the workflow
@@ -439,6 +469,8 @@ def run(
     device: str = "cpu",
     progress: bool = True,
     ray: ray_backend.RayOptions | None = None,
+    validation: bool = True,
+    report_to: Path | None = None,
 ) -> Evaluation:
     """Evaluates `pilot` and `methods` on `tasks`, then writes the report to `out`.
 
@@ -452,24 +484,35 @@ def run(
         device: Where the inner runs go (local backend).
         progress: Show a progress bar.
         ray: Run the jobs as Ray tasks (`workers` in flight at once).
+        validation: Whether the pilot sees the validation loss (`--no-val`: as
+            deployed without a `val_fn`).
+        report_to: Where the report goes (default `out`; the jobs stay in `out`).
 
     Raises:
         UserError: For a bad pilot, seeds or lr, or an `out` of another evaluation.
     """
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
-    if not init_lr > 0:
-        raise UserError(f"--init-lr must be > 0, got {init_lr}")
+    if not LR_RANGE[0] <= init_lr <= LR_RANGE[1]:
+        low, high = LR_RANGE
+        raise UserError(f"--init-lr must be in [{low:g}, {high:g}], got {init_lr:g}")
     runner, started = None, False
     if ray is not None:
         runner = ray_backend.job_runner(ray.workers, run_job)
         started = ray_backend.connect(ray.address)
     try:
         records = evaluate(
-            pilot, tasks, seeds, methods, out, init_lr, device, progress, runner
+            pilot,
+            tasks,
+            seeds,
+            methods,
+            out,
+            init_lr,
+            device,
+            progress,
+            runner,
+            validation,
         )
-    except ValueError as error:  # a bundle or an output folder the user named
-        raise UserError(str(error).splitlines()[0]) from None
     finally:
         if started:
             ray_backend.shutdown()
@@ -478,9 +521,10 @@ def run(
     settings = {
         "pilot": pilot,
         "init_lr": init_lr,
+        "validation": validation,
         "seeds": seeds,
         "methods": list(methods),
         "tasks": [t.label for t in tasks],
     }
-    files = report.write_outputs(out, rows, summary, records, settings)
+    files = report.write_outputs(report_to or out, rows, summary, records, settings)
     return Evaluation(records, rows, summary, files)

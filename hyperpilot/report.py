@@ -17,6 +17,7 @@ from torch.utils.tensorboard import SummaryWriter
 from hyperpilot.agents.methods import TUNED
 from hyperpilot.metrics import R_MAX, performance_profile, performance_ratios, score_b
 from hyperpilot.metrics import steps_to_target as first_step_at
+from hyperpilot.runtime import atomic_path, atomic_write_text
 
 TAB20 = colormaps["tab20"]  # more methods than the default ten colours
 COLUMNS = (
@@ -242,10 +243,11 @@ def write_outputs(
     clean = [{k: _finite(r[k]) for k in COLUMNS} for r in rows]
     results = {"settings": settings, "summary": summary, "runs": clean}
     path = out / "results.json"
-    path.write_text(json.dumps(results, indent=1, default=_finite, allow_nan=False))
+    text = json.dumps(results, indent=1, default=_finite, allow_nan=False)
+    atomic_write_text(path, text)
     written.append(path)
     path = out / "results.csv"
-    with path.open("w", newline="") as handle:
+    with atomic_path(path) as temp, temp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(clean)

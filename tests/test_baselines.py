@@ -15,10 +15,12 @@ from hyperpilot.agents.baselines import (
     HypergradientAdam,
     OneCycle,
     Plateau,
+    ProgressReplay,
     RandomControl,
     ReplayControl,
     WarmupCosine,
     median_schedule,
+    progress_median_schedule,
 )
 from hyperpilot.agents.controllers import ControllerState, RunSpec, run_episode
 from hyperpilot.bundle import load_bundle, save_bundle
@@ -397,3 +399,38 @@ def test_blind_control_fills_zeros_without_normalization(bundle):
     expected[:, progress] = features[:, progress].double()
     assert torch.equal(seen[0], expected)
     assert out.lr.shape == (2,)
+
+
+def _record(horizon, steps, lr):
+    return {"horizon": horizon, "steps": steps, "lr": lr, "beta1": lr, "clip": lr}
+
+
+def test_progress_median_schedule_by_hand():
+    long = _record(40, [10, 20, 30, 40], [1.0, 2.0, 3.0, 4.0])
+    short = _record(20, [10, 20], [10.0, 20.0])
+    diverged = _record(40, [10], [7.0])  # ended after its first window
+    # bin centres at 12.5%, 37.5%, 62.5%, 87.5% of each run: long sits in windows
+    # 0-3, short in 0, 0, 1, 1, diverged only in bin 0
+    schedule = progress_median_schedule([long, short, diverged], bins=4)
+    assert schedule["lr"] == [7.0, 6.0, 11.5, 12.0]
+    assert schedule["clip"] == schedule["lr"]
+    alone = progress_median_schedule([diverged], bins=4)
+    assert alone["lr"] == [7.0] * 4  # bins no run reached hold the last median
+    with pytest.raises(ValueError, match="at least one"):
+        progress_median_schedule([_record(40, [0], [1.0])], bins=4)
+
+
+def test_progress_replay_takes_the_bin_of_each_runs_progress():
+    replay = ProgressReplay({"lr": [5.5e-3, 6e-3, 11.5e-3, 12e-3]})
+    current = Hyperparams(
+        torch.full((3,), 1e-3), torch.full((3,), 0.9), torch.full((3,), math.inf)
+    )
+    state = make_state(3, total=40, hparams=current)
+    state = dataclasses.replace(state, step=torch.tensor([0, 10, 25]))
+    replay.reset(spec(3, total=40))
+    new = replay.act(state)
+    np.testing.assert_allclose(new.lr.numpy(), [5.5e-3, 6e-3, 11.5e-3], rtol=1e-6)
+    assert torch.equal(new.beta1, current.beta1)
+    assert torch.isinf(new.clip).all()  # an unclipped run stays unclipped
+    with pytest.raises(ValueError, match="equally long"):
+        ProgressReplay({"lr": [1e-3], "beta1": [0.9, 0.9]})

@@ -1,16 +1,27 @@
 """`hyperpilot evaluate` end to end on tiny tasks."""
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from hyperpilot.agents.methods import available_methods, method_of_run
+from hyperpilot.bundle import load_bundle
 from hyperpilot.cli import main
-from hyperpilot.evaluation import Job, available_methods, load_record
+from hyperpilot.evaluation import Job, load_record
 
 SMOKE = ["--suite", "smoke", "--seeds", "2", "--no-progress"]
+
+
+def job_file(out, run, seed, bundle=None, noval=False):
+    """A job record's path; runs that use the pilot lie under its fingerprint."""
+    folder = out / "jobs" / "quadratic_2d" / run
+    if bundle is not None:
+        folder = folder / (
+            load_bundle(bundle).fingerprint + ("-noval" if noval else "")
+        )
+    return folder / f"seed{seed}.json"
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +58,16 @@ def test_every_method_reports_and_files_are_written(evaluation):
     )
 
 
-def test_methods_see_the_same_instance_and_budget(evaluation):
+def test_methods_see_the_same_instance_and_budget(evaluation, tiny_bundle):
     runs = {}
     for run in ("pilot", "constant", "cosine@0.001", "random", "schedulefree"):
-        record = load_record(evaluation / "jobs" / "quadratic_2d" / run / "seed1.json")
+        pilot = tiny_bundle if method_of_run(run)[0].uses_pilot else None
+        record = load_record(job_file(evaluation, run, 1, pilot))
         runs[run] = record
     assert len({r["horizon"] for r in runs.values()}) == 1
     assert len({r["steps"][-1] for r in runs.values()}) == 1
     assert len({r["initial_val_loss"] for r in runs.values()}) == 1  # same model, data
-    other_seed = load_record(
-        evaluation / "jobs" / "quadratic_2d" / "pilot" / "seed0.json"
-    )
+    other_seed = load_record(job_file(evaluation, "pilot", 0, tiny_bundle))
     assert other_seed["initial_val_loss"] != runs["pilot"]["initial_val_loss"]
 
 
@@ -78,8 +88,8 @@ def test_replay_repeats_the_pilots_median_schedule(tiny_bundle, tmp_path):
         "--no-progress",
     ]
     assert main(args) == 0
-    pilot = load_record(out / "jobs" / "quadratic_2d" / "pilot" / "seed0.json")
-    replay = load_record(out / "jobs" / "quadratic_2d" / "replay" / "seed0.json")
+    pilot = load_record(job_file(out, "pilot", 0, tiny_bundle))
+    replay = load_record(job_file(out, "replay", 0, tiny_bundle))
     # one seed: the median schedule is the pilot's own, replayed open-loop, so the
     # values in force in each window are the pilot's
     np.testing.assert_allclose(replay["lr"], pilot["lr"], rtol=1e-5)
@@ -87,15 +97,15 @@ def test_replay_repeats_the_pilots_median_schedule(tiny_bundle, tmp_path):
 
 
 def test_a_rerun_reuses_finished_jobs(evaluation, tiny_bundle, capsys):
-    job_file = evaluation / "jobs" / "quadratic_2d" / "pilot" / "seed0.json"
-    before = job_file.stat().st_mtime_ns
+    pilot_job = job_file(evaluation, "pilot", 0, tiny_bundle)
+    before = pilot_job.stat().st_mtime_ns
     assert (
         main(
             ["evaluate", "--pilot", str(tiny_bundle), *SMOKE, "--out", str(evaluation)]
         )
         == 0
     )
-    assert job_file.stat().st_mtime_ns == before
+    assert pilot_job.stat().st_mtime_ns == before
     assert "pilot" in capsys.readouterr().out
 
 
@@ -176,15 +186,58 @@ def test_bad_input_exits_2_with_one_line(tiny_bundle, tmp_path, capsys, extra, m
     assert len(err) == 1 and message in err[0]
 
 
-def test_another_pilot_in_the_same_folder_is_refused(evaluation, tmp_path, capsys):
-    other = tmp_path / "other"
-    shutil.copytree(
-        json.loads((evaluation / "evaluation.json").read_text())["pilot"], other
-    )
-    assert (
-        main(["evaluate", "--pilot", str(other), *SMOKE, "--out", str(evaluation)]) == 2
-    )
-    assert "another evaluation" in capsys.readouterr().err
+def test_another_pilot_reuses_the_baselines_of_the_folder(tmp_path, tiny_bundle):
+    out = tmp_path / "two-pilots"
+    first = ["evaluate", "--pilot", str(tiny_bundle), "--suite", "smoke"]
+    first += ["--seeds", "1", "--methods", "pilot,constant", "--no-progress"]
+    assert main([*first, "--out", str(out)]) == 0
+    constant = job_file(out, "constant", 0)
+    stamp = constant.stat().st_mtime_ns
+    assert main([*first, "--out", str(out), "--no-val"]) == 0  # the pilot blind to val
+    second = ["evaluate", "--pilot", "default", "--suite", "smoke", "--seeds", "1"]
+    second += ["--methods", "pilot,constant", "--no-progress", "--out", str(out)]
+    assert main(second) == 0
+    assert constant.stat().st_mtime_ns == stamp  # baselines serve every pilot
+    for bundle, noval in (
+        (tiny_bundle, False),
+        (tiny_bundle, True),
+        ("default", False),
+    ):
+        assert job_file(out, "pilot", 0, bundle, noval).is_file()
+    results = json.loads((out / "results.json").read_text())
+    assert results["settings"]["pilot"] == "default"
+
+
+def test_another_start_lr_in_the_same_folder_is_refused(
+    evaluation, tiny_bundle, capsys
+):
+    args = ["evaluate", "--pilot", str(tiny_bundle), *SMOKE, "--out", str(evaluation)]
+    assert main([*args, "--init-lr", "3e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "another evaluation" in err and "--out" in err
+
+
+def test_baselines_run_unclipped_and_the_pilot_from_its_clip(evaluation, tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    constant = load_record(job_file(evaluation, "constant", 0))
+    replay = load_record(job_file(evaluation, "replay", 0, tiny_bundle))
+    assert all(clip == float("inf") for clip in constant["clip"])
+    random = load_record(job_file(evaluation, "random", 0, tiny_bundle))
+    assert random["clip"][0] != float("inf") and replay["clip"][0] != float("inf")
+    assert bundle.default_clip > 0
+
+
+def test_suite_replay_follows_the_pilots_schedule_by_progress(tiny_bundle, tmp_path):
+    out = tmp_path / "suite"
+    args = ["evaluate", "--pilot", str(tiny_bundle), "--suite", "smoke", "--seeds"]
+    args += ["1", "--methods", "replay_suite", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    pilot = load_record(job_file(out, "pilot", 0, tiny_bundle))
+    suite = load_record(job_file(out, "replay_suite", 0, tiny_bundle))
+    # one task, one seed: every window's progress bin maps back to the pilot's
+    # own value in that window
+    np.testing.assert_allclose(suite["lr"], pilot["lr"], rtol=1e-5)
+    np.testing.assert_allclose(suite["beta1"], pilot["beta1"], rtol=1e-5)
 
 
 def test_job_paths_are_stable(tmp_path):
@@ -193,6 +246,9 @@ def test_job_paths_are_stable(tmp_path):
 
     task = EvalTask("mlp_digits(width=32)", FamilySpec("mlp_digits", {"width": 32}))
     job = Job(task, 3, "cosine@0.001")
-    assert job.key == ("mlp_digits(width=32)", 3, "cosine@0.001")
+    assert job.key == ("mlp_digits(width=32)", 3, "cosine@0.001", "")
     path = job.path(tmp_path)
     assert path.name == "seed3.json" and path.parent.name == "cosine@0.001"
+    pilot = Job(task, 3, "pilot", "0123abcd4567-noval").path(tmp_path)
+    assert pilot.parent.name == "0123abcd4567-noval"
+    assert pilot.parent.parent.name == "pilot"

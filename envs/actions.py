@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, get_args
 
 import torch
 
-HPARAM_NAMES: Final = ("lr", "beta1", "clip")
-ACTION_MODES: Final = ("compound", "residual")
+HParamName = Literal["lr", "beta1", "clip"]
+HPARAM_NAMES: Final[tuple[HParamName, ...]] = get_args(HParamName)
 ActionMode = Literal["compound", "residual"]
+ACTION_MODES: Final[tuple[ActionMode, ...]] = get_args(ActionMode)
 
 # Per-coordinate bounds in log space: (low, high, step per decision, sign of the action).
 _LOG_BOUNDS: Final = {
@@ -98,10 +99,10 @@ class Hyperparams:
 def validate_controlled(controlled: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """Checks a controlled set and returns it in canonical order (lr, beta1, clip)."""
     unknown = [name for name in controlled if name not in HPARAM_NAMES]
-    if unknown or not controlled:
+    if unknown or not controlled or len(set(controlled)) != len(controlled):
         raise ValueError(
-            f"controlled hyperparameters {list(controlled)} are invalid; "
-            f"choose a non-empty subset of {list(HPARAM_NAMES)}"
+            f"controlled must be a non-empty subset of {list(HPARAM_NAMES)}, each "
+            f"named once; got {list(controlled)}"
         )
     return tuple(name for name in HPARAM_NAMES if name in controlled)
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal, get_args
 
 import torch
 
-REWARD_KINDS: Final = ("val_loss", "train_loss", "log_improvement")
+RewardKind = Literal["val_loss", "train_loss", "log_improvement"]
+REWARD_KINDS: Final[tuple[RewardKind, ...]] = get_args(RewardKind)
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class RewardConfig:
             dominate the returns.
     """
 
-    kind: str = "val_loss"
+    kind: RewardKind = "val_loss"
     terminal_weight: float = 0.0
     divergence_penalty: float = 1.0
     max_normalized_loss: float = 10.0
@@ -40,9 +41,13 @@ class RewardConfig:
             raise ValueError(
                 f"reward kind {self.kind!r} is invalid; choose from {REWARD_KINDS}"
             )
-        if self.divergence_penalty < 0 or self.max_normalized_loss <= 0:
+        if self.divergence_penalty < 0:
             raise ValueError(
-                "divergence_penalty must be >= 0 and max_normalized_loss > 0"
+                f"divergence_penalty must be >= 0, got {self.divergence_penalty}"
+            )
+        if self.max_normalized_loss <= 0:
+            raise ValueError(
+                f"max_normalized_loss must be > 0, got {self.max_normalized_loss}"
             )
 
 

@@ -3,27 +3,40 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Final, Literal
 
 import torch
 
-from hyperpilot.envs.actions import ACTION_MODES, HPARAM_NAMES, validate_controlled
+from hyperpilot.envs.actions import (
+    ACTION_MODES,
+    HPARAM_NAMES,
+    ActionMode,
+    HParamName,
+    validate_controlled,
+)
 from hyperpilot.envs.episodes import InitRanges
 from hyperpilot.envs.reward import RewardConfig
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+Dtype = Literal["float32", "float64"]
+DTYPES: Final[dict[Dtype, torch.dtype]] = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
 
 
 @dataclass(frozen=True)
 class EnvSettings:
     """How inner runs are controlled, observed and rewarded.
 
+    The training config's `env` keys are these fields, in this order (but `device`,
+    `beta2`, `eps`): a new field here is a new config key, checked by `__post_init__`.
+
     Attributes:
         decision_interval: K, inner steps between two decisions.
-        reward: The reward definition.
         action_mode: `compound` (deltas accumulate) or `residual` (deltas act on a
             warmup + cosine base schedule).
         controlled: Hyperparameters the action moves, a subset of (lr, beta1, clip).
+        reward: The reward definition.
         init: Ranges of the initial hyperparameters.
         val_drop_prob: Share of episodes whose observation hides validation.
         divergence_factor: A run diverges when its loss exceeds this times its first.
@@ -36,14 +49,14 @@ class EnvSettings:
     """
 
     decision_interval: int = 10
+    action_mode: ActionMode = "compound"
+    controlled: tuple[HParamName, ...] = HPARAM_NAMES
     reward: RewardConfig = field(default_factory=RewardConfig)
-    action_mode: str = "compound"
-    controlled: tuple[str, ...] = HPARAM_NAMES
     init: InitRanges = field(default_factory=InitRanges)
     val_drop_prob: float = 0.0
     divergence_factor: float = 100.0
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: Dtype = "float32"
     beta2: float = 0.999
     eps: float = 1e-8
     compile: bool = False
@@ -60,7 +73,7 @@ class EnvSettings:
         object.__setattr__(self, "controlled", validate_controlled(self.controlled))
         if not 0.0 <= self.val_drop_prob <= 1.0:
             raise ValueError(
-                f"val_drop_prob must be in [0, 1], got {self.val_drop_prob}"
+                f"val_drop_prob must be a float in [0, 1], got {self.val_drop_prob}"
             )
         if self.divergence_factor <= 1.0:
             raise ValueError(

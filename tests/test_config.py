@@ -2,10 +2,12 @@ import dataclasses
 
 import pytest
 import yaml
+from pydantic import ValidationError, create_model
 from torch import nn
 
 from hyperpilot.config import (
     ConfigError,
+    EnvSection,
     TrainConfig,
     available_configs,
     dump_config,
@@ -17,6 +19,7 @@ from hyperpilot.envs.episodes import InitRanges
 from hyperpilot.envs.reward import RewardConfig
 from hyperpilot.envs.settings import EnvSettings
 from hyperpilot.envs.tasks.splits import CONFIGS_DIR
+from hyperpilot.schema import StrictModel, fields_of, one_line
 
 
 def write(tmp_path, text, name="run.yaml"):
@@ -273,10 +276,11 @@ def test_to_dict_round_trips(name, tmp_path):
     assert data["env"]["controlled"] == ["lr", "beta1", "clip"]
     assert data["env"]["init"]["lr"] == [1e-5, 1e-1]
     again = load_config_dict(data, source="x")
-    assert dataclasses.replace(again, source=config.source) == config
+    assert again.model_copy(update={"source": config.source}) == config
     path = tmp_path / "config.yaml"
     dump_config(config, path)
-    assert dataclasses.replace(load_config(path), source=config.source) == config
+    reloaded = load_config(path).model_copy(update={"source": config.source})
+    assert reloaded == config
     assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]
 
 
@@ -391,3 +395,177 @@ def test_default_config_is_a_train_config():
         load_config_dict({}, source="configs/train/mine.yaml"), TrainConfig
     )
     assert load_config_dict({}, source="configs/train/mine.yaml").name == "mine"
+
+
+def test_env_keys_are_the_env_settings_fields_in_their_order():
+    knobs = [f.name for f in dataclasses.fields(EnvSettings)]
+    for not_a_key in ("device", "beta2", "eps"):  # run.device; Adam's fixed values
+        knobs.remove(not_a_key)
+    buckets = ["split", "family", "family_kwargs", "groups", "n"]
+    normalize = ["normalize_observations", "normalize_rewards"]
+    assert list(EnvSection.model_fields) == [*buckets, *knobs, *normalize]
+    assert list(load_config_dict({}).to_dict()["env"]) == [*buckets, *knobs, *normalize]
+    with pytest.raises(ConfigError) as error:
+        load_config_dict({"env": {"reward": {"bonus": 1}}})
+    reward_keys = [f.name for f in dataclasses.fields(RewardConfig)]
+    assert str(error.value).endswith(f"valid keys: {', '.join(reward_keys)}")
+
+
+def test_a_new_env_field_becomes_a_checked_config_key():
+    @dataclasses.dataclass(frozen=True)
+    class Reward(RewardConfig):
+        bonus: float = 0.5
+
+        def __post_init__(self):
+            super().__post_init__()
+            if self.bonus < 0:
+                raise ValueError(f"bonus must be >= 0, got {self.bonus}")
+
+    @dataclasses.dataclass(frozen=True)
+    class Settings(EnvSettings):
+        patience: int = 3
+        reward: Reward = dataclasses.field(default_factory=Reward)
+
+    fields = fields_of(Settings, ("device", "beta2", "eps"), {Reward: "kind"})
+    section = create_model("Section", __base__=StrictModel, **fields)
+
+    default = section()
+    assert (default.patience, default.reward) == (3, Reward())
+    given = section.model_validate({"patience": "4", "reward": {"bonus": "2e-1"}})
+    assert (given.patience, given.reward.bonus, given.reward.kind) == (
+        4,
+        0.2,
+        "val_loss",
+    )
+    assert section.model_validate({"reward": "train_loss"}).reward == Reward(
+        "train_loss"
+    )
+    for data, message in [
+        ({"patience": 1.5}, "patience must be an int, got 1.5"),
+        ({"reward": {"bonus": -1}}, "reward.bonus must be >= 0, got -1.0"),
+        ({"reward": {"bonus": True}}, "reward.bonus must be a float, got True"),
+        ({"reward": {"bonsu": 1}}, "unknown key 'reward.bonsu'; did you mean 'bonus'?"),
+    ]:
+        with pytest.raises(ValidationError) as error:
+            section.model_validate(data)
+        assert str(one_line(error.value)).startswith(message)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"env": {"compile": value}}
+        for value in ("yes", "true", "True", "on", 1, 0, "1", None)
+    ]
+    + [
+        {"eval": {"deterministic": "false"}},
+        {"logging": {"progress_bar": 0}},
+        {"ppo": {"normalize_advantage": "no"}},
+        {"ppo": {"policy_kwargs": {"ortho_init": 1}}},
+    ],
+)
+def test_a_bool_is_only_true_or_false(data):
+    with pytest.raises(ConfigError, match="must be true or false") as error:
+        load_config_dict(data)
+    assert "\n" not in str(error.value)
+
+
+def test_yaml_booleans_stay_booleans(tmp_path):
+    # YAML 1.1 reads bare yes / off as booleans: those are real booleans, not strings.
+    path = write(tmp_path, "env:\n  compile: yes\neval:\n  deterministic: off\n")
+    config = load_config(path)
+    assert config.env.compile is True and config.eval.deterministic is False
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("env.val_drop_prob", "3e-1", 0.3),
+        ("env.divergence_factor", " 1e2 ", 100.0),
+        ("env.reward.terminal_weight", "5e-1", 0.5),
+        ("ppo.learning_rate", "3e-4", 3e-4),
+        ("ppo.gamma", 1, 1.0),
+        ("ppo.target_kl", "inf", float("inf")),
+        ("run.total_timesteps", "1e3", 1000),
+        ("ppo.n_steps", 16.0, 16),
+        ("eval.freq", "0", 0),
+    ],
+)
+def test_numbers_may_be_numeric_strings(key, value, expected):
+    section, _, name = key.partition(".")
+    data = {section: {}}
+    node = data[section]
+    *parents, leaf = name.split(".")
+    for parent in parents:
+        node = node.setdefault(parent, {})
+    node[leaf] = value
+    resolved = load_config_dict(data).to_dict()[section]
+    for part in name.split("."):
+        resolved = resolved[part]
+    assert resolved == expected and type(resolved) is type(expected)
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        ({"run": {"seed": True}}, "run.seed must be an int"),
+        ({"run": {"total_timesteps": "1e3.5"}}, "run.total_timesteps must be an int"),
+        (
+            {"env": {"divergence_factor": "nan"}},
+            "env.divergence_factor must be a float",
+        ),
+        ({"env": {"val_drop_prob": True}}, "env.val_drop_prob must be a float"),
+        ({"env": {"decision_interval": 0}}, "env.decision_interval must be >= 1"),
+        ({"env": {"reward": 3}}, "env.reward must be a kind or a mapping of ["),
+        ({"env": {"reward": {"max_normalized_loss": 0}}}, "env.reward.max_normalized"),
+        ({"env": {"init": "wide"}}, "env.init must be a mapping of ['lr', 'beta1'"),
+        ({"env": {"controlled": ["lr", "lr"]}}, "env.controlled must be a non-empty"),
+        (
+            {"env": {"family": "quadratic_2d", "family_kwargs": {1: 2}}},
+            "env.family_kwargs must be a string key",
+        ),
+        (
+            {"env": {"groups": [{"family": "quadratic_2d"}]}},
+            "env.groups[0].n is required",
+        ),
+        (
+            {"ppo": {"learning_rate": {"kind": "linear"}}},
+            "ppo.learning_rate.start is required",
+        ),
+        (
+            {"ppo": {"learning_rate": {"kind": "constnt"}}},
+            "ppo.learning_rate.kind must be one of ['linear', 'constant'], got 'constnt'; did you mean 'constant'?",
+        ),
+        (
+            {"ppo": {"clip_range": {"kind": "constant", "value": 1, "start": 1}}},
+            "unknown key 'ppo.clip_range.start'; valid keys: kind, value",
+        ),
+        (
+            {"ppo": {"policy_kwargs": {"net_arch": {"pi": [8], "vff": [8]}}}},
+            "unknown key 'ppo.policy_kwargs.net_arch.vff'; did you mean 'vf'?",
+        ),
+        (
+            {"ppo": {"rollout_buffer_class": "x"}},
+            "ppo.rollout_buffer_class cannot be set here",
+        ),
+        (
+            {"logging": {"verbose": True}},
+            "logging.verbose must be one of [0, 1, 2], got True",
+        ),
+        ([], "the file must be a mapping"),
+    ],
+)
+def test_errors_are_one_line_starting_with_the_key_path(data, path):
+    with pytest.raises(ConfigError) as error:
+        load_config_dict(data)
+    message = str(error.value)
+    assert message.startswith(path) and "\n" not in message
+
+
+def test_training_and_the_env_keep_their_own_val_drop_prob():
+    # Training hides validation in a fifth of episodes; the env (evaluation, a
+    # user's gym.make) shows it always.
+    assert EnvSettings().val_drop_prob == 0.0
+    assert load_config_dict({}).env.val_drop_prob == 0.2
+    for name in available_configs():
+        assert load_config(name).env.settings("cpu").val_drop_prob == 0.2

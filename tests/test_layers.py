@@ -20,7 +20,10 @@ SOURCES["hyperpilot.agents"] = ROOT / "agents"
 LAYERS = (
     ("runtime", ("hyperpilot", "hyperpilot._version", "hyperpilot.runtime")),
     ("envs", ("hyperpilot.envs",)),
-    ("config and bundle", ("hyperpilot.config", "hyperpilot.bundle")),
+    (
+        "config and bundle",
+        ("hyperpilot.config", "hyperpilot.schema", "hyperpilot.bundle"),
+    ),
     ("agents", ("hyperpilot.agents", "hyperpilot.integrations")),
     (
         "workflows",

@@ -36,7 +36,10 @@ Rules for real loops:
   when it sees one: at `attach` and at each decision it looks for the mark
   `LRScheduler` leaves on `optimizer.step` (`_wrapped_by_lr_sched`), and at each
   decision it checks whether the first group's lr still is what it wrote (this also
-  catches `ReduceLROnPlateau` and hand-written changes, once they happen).
+  catches `ReduceLROnPlateau` and hand-written changes, once they happen). Where a
+  scheduler cannot be removed (the Hugging Face `Trainer` always runs one), call
+  `reapply()` before every `step` and attach with `warn_scheduler=False`, as the
+  callbacks in `hyperpilot.integrations` do.
 - **Param groups.** Each group's lr is the pilot's lr times the group's starting lr
   over the first group's, so per-group ratios survive.
 - **Optimizers without betas** (SGD, RMSprop, ...): only lr and clip are
@@ -164,6 +167,7 @@ class Pilot:
         clip: float | None = None,
         divergence_factor: float = 100.0,
         grad_scaler: torch.amp.GradScaler | None = None,
+        warn_scheduler: bool = True,
     ) -> Pilot:
         """Takes control of `optimizer` for a run of `total_steps` optimizer steps.
 
@@ -185,13 +189,17 @@ class Pilot:
             grad_scaler: The `torch.amp.GradScaler` that steps this optimizer, if
                 any: non-finite gradients are then an overflow it skips, not a
                 divergence, and `step` checks that the gradients were unscaled.
+            warn_scheduler: Warn when an lr scheduler or another hand changes the
+                lr. A framework callback that calls `reapply` before every step
+                turns this off and warns in its framework's terms.
 
         Returns:
             The pilot itself.
 
         Warns:
-            UserWarning: Once, if the optimizer has no `betas`, or an lr scheduler
-                is attached to it (see the module docstring).
+            UserWarning: Once, if the optimizer has no `betas`, or (with
+                `warn_scheduler`) an lr scheduler is attached to it (see the module
+                docstring).
 
         Raises:
             ValueError: If an argument is invalid, a group's lr is not a positive
@@ -227,6 +235,7 @@ class Pilot:
         self._val_fn = val_fn
         self._total = total_steps
         self._factor = float(divergence_factor)
+        self._warn_scheduler = warn_scheduler
         self._warned = set()
         self._has_betas = all("betas" in group for group in groups)
         beta1 = float(groups[0]["betas"][0]) if self._has_betas else _NO_BETAS_BETA1
@@ -326,6 +335,19 @@ class Pilot:
         self._prev_grads = {i: self._copy_grad(i, g) for i, g in grads}
         self._prev_norm = norm * coefficient
 
+    def reapply(self) -> None:
+        """Writes the values in force (lr per group, beta1) into the optimizer again.
+
+        For loops where something else writes the lr between optimizer steps, such
+        as a framework's lr scheduler that cannot be removed: calling this before
+        every `step` keeps the pilot's values in force at every update.
+
+        Raises:
+            RuntimeError: If the pilot is not attached.
+        """
+        self._require_attached()
+        self._write()
+
     # ------------------------------------------------------------------ status
     @property
     def hyperparameters(self) -> dict[str, float | None]:
@@ -341,6 +363,12 @@ class Pilot:
     def diverged(self) -> bool:
         """Whether the run diverged (the pilot then changes nothing any more)."""
         return self._optimizer is not None and self._diverged
+
+    @property
+    def next_step_decides(self) -> bool:
+        """Whether the next `step` asks the policy (steps 0, K, 2K, ... before the end)."""
+        self._require_attached()
+        return not self._diverged and self._steps < self._total and self._decision_due()
 
     @property
     def steps_done(self) -> int:
@@ -537,6 +565,8 @@ class Pilot:
         return self._start_lrs[index] / self._start_lrs[0]
 
     def _check_scheduler(self) -> None:
+        if not self._warn_scheduler:
+            return
         step = getattr(self._optimizer, "step", None)
         if getattr(step, "_wrapped_by_lr_sched", False):
             self._warn_once(
@@ -547,6 +577,8 @@ class Pilot:
 
     def _check_foreign_lr(self) -> None:
         assert self._optimizer is not None
+        if not self._warn_scheduler:
+            return
         expected = float(self._hparams.lr[0])
         found = float(self._optimizer.param_groups[0]["lr"])
         if not math.isclose(found, expected, rel_tol=1e-6):

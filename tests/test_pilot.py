@@ -558,3 +558,37 @@ def test_a_grad_scaler_must_unscale_before_the_pilot_reads(bundle_dir):
     pilot.attach(optimizer, 60, grad_scaler=disabled)
     _faulty_step(pilot, model, optimizer, x, y, "inf-grad", scaler=disabled)
     assert pilot.diverged
+
+
+# ------------------------------------------------------ hooks for framework callbacks
+def test_reapply_keeps_the_values_in_force_against_a_scheduler(bundle_dir):
+    def run(with_scheduler):
+        model, x, y = _problem()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        if with_scheduler:
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)
+        pilot = Pilot.load(bundle_dir)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # warn_scheduler=False: no warning
+            pilot.attach(optimizer, 30, warn_scheduler=False)
+            decided, lrs = [], []
+            for step in range(30):
+                rows = (torch.arange(16) + 16 * step) % len(x)
+                loss = nn.functional.mse_loss(model(x[rows]), y[rows])
+                optimizer.zero_grad()
+                loss.backward()
+                pilot.reapply()
+                decided.append(pilot.next_step_decides)
+                pilot.step(loss)
+                lrs.append(optimizer.param_groups[0]["lr"])
+                optimizer.step()
+                if with_scheduler:
+                    scheduler.step()
+        return decided, lrs, model
+
+    decided, lrs, model = run(with_scheduler=True)
+    plain_decided, plain_lrs, plain_model = run(with_scheduler=False)
+    assert decided == plain_decided == [step % 10 == 0 for step in range(30)]
+    assert lrs == plain_lrs and len(set(lrs)) == 3
+    for a, b in zip(model.parameters(), plain_model.parameters()):
+        assert torch.equal(a, b)

@@ -20,12 +20,7 @@ import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from hyperpilot.agents.pilot import Pilot
-from hyperpilot.integrations._common import (
-    ValidationFeed,
-    logged_values,
-    pilot_step,
-    resolve_pilot,
-)
+from hyperpilot.integrations._common import PilotDriver
 
 
 class PilotCallback(pl.Callback):
@@ -95,24 +90,23 @@ class PilotCallback(pl.Callback):
         patience: int = 3,
         divergence_factor: float = 100.0,
     ) -> None:
-        if patience < 1:
-            raise ValueError(f"patience must be >= 1, got {patience}")
-        self.pilot = resolve_pilot(pilot)
-        self.total_steps = total_steps
-        self.clip = clip
-        self.monitor = monitor
-        self.early_stop = early_stop
-        self.patience = patience
-        self.divergence_factor = divergence_factor
-        self._feed = ValidationFeed(
-            "validate every K optimizer steps: val_check_interval="
-            f"{self.pilot.decision_interval} x accumulate_grad_batches, "
-            "check_val_every_n_epoch=None"
+        self._driver = PilotDriver(
+            pilot,
+            total_steps,
+            clip,
+            early_stop,
+            patience,
+            divergence_factor,
+            "validate every K optimizer steps: val_check_interval={k} x "
+            "accumulate_grad_batches, check_val_every_n_epoch=None",
         )
-        self._attached = False
-        self._with_val = False
+        self.monitor = monitor
         self._loss: torch.Tensor | None = None
-        self._resumed: dict[str, Any] | None = None
+
+    @property
+    def pilot(self) -> Pilot:
+        """The pilot this callback drives."""
+        return self._driver.pilot
 
     # ------------------------------------------------------------------ checks
     def setup(
@@ -144,7 +138,7 @@ class PilotCallback(pl.Callback):
             sum(trainer.num_sanity_val_batches) < sum(trainer.num_val_batches)
         ):
             return  # a partial validation is no first validation loss
-        self._feed.record(float(value), trainer.global_step)
+        self._driver.feed.record(float(value), trainer.global_step)
 
     # ------------------------------------------------------------------ attach
     def on_train_start(
@@ -156,38 +150,25 @@ class PilotCallback(pl.Callback):
                 f"PilotCallback steers one optimizer, the module has "
                 f"{len(trainer.optimizers)}"
             )
-        total = self.total_steps or trainer.estimated_stepping_batches
-        if not math.isfinite(total):
+        total = trainer.estimated_stepping_batches
+        if self._driver.total_steps is None and not math.isfinite(total):
             raise ValueError(
                 "the run has no end: set max_steps or max_epochs, or pass "
                 "total_steps to PilotCallback"
             )
-        resumed = self._resumed
-        if resumed is not None:
-            self._with_val = resumed["with_val"]
-        else:
-            self._with_val = self._feed.step == 0
-            if not self._with_val and is_overridden("validation_step", pl_module):
-                warnings.warn(
-                    f"no whole validation (metric {self.monitor!r}) before the first "
-                    "step: the pilot runs without validation; log it in validation "
-                    "and set num_sanity_val_steps=-1",
-                    UserWarning,
-                    stacklevel=2,
-                )
-        self.pilot.attach(
+        with_val = self._driver.attach(
             trainer.optimizers[0],
-            int(total),
-            val_fn=self._val_fn if self._with_val else None,
-            clip=self.clip,
-            divergence_factor=self.divergence_factor,
+            int(total) if math.isfinite(total) else 0,
             grad_scaler=getattr(trainer.precision_plugin, "scaler", None),
-            warn_scheduler=False,
         )
-        if resumed is not None:
-            self.pilot.load_state_dict(resumed["pilot"])
-            self._resumed = None
-        self._attached = True
+        if not with_val and is_overridden("validation_step", pl_module):
+            warnings.warn(
+                f"no whole validation (metric {self.monitor!r}) before the first "
+                "step: the pilot runs without validation; log it in validation "
+                "and set num_sanity_val_steps=-1",
+                UserWarning,
+                stacklevel=2,
+            )
         if trainer.lr_scheduler_configs:
             names = [type(c.scheduler).__name__ for c in trainer.lr_scheduler_configs]
             warnings.warn(
@@ -197,9 +178,6 @@ class PilotCallback(pl.Callback):
                 UserWarning,
                 stacklevel=2,
             )
-
-    def _val_fn(self) -> float:
-        return self._feed.read(self.pilot.steps_done if self._attached else None)
 
     # -------------------------------------------------------------------- step
     def on_before_backward(
@@ -222,11 +200,11 @@ class PilotCallback(pl.Callback):
         assert self._loss is not None, "on_before_backward did not run"
         loss = trainer.strategy.reduce(self._loss, reduce_op="mean")
         self._loss = None
-        if pilot_step(self.pilot, loss):
-            values = logged_values(self.pilot)
+        if self._driver.step(loss):
+            values = self._driver.logged_values()
             for logger in trainer.loggers:
                 logger.log_metrics(values, step=trainer.global_step)
-        if self.early_stop and self.pilot.should_stop(self.patience):
+        if self._driver.should_stop():
             trainer.should_stop = True
 
     def on_train_batch_end(
@@ -238,23 +216,14 @@ class PilotCallback(pl.Callback):
         batch_idx: int,
     ) -> None:
         """Writes the pilot's values back over the scheduler's, for whoever reads them."""
-        if self._attached:
+        if self._driver.attached:
             self.pilot.reapply()
 
     # ------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
         """The pilot's state and the latest validation loss, for the checkpoint."""
-        if not self._attached:
-            return {}
-        return {
-            "pilot": self.pilot.state_dict(),
-            "with_val": self._with_val,
-            "validation": self._feed.state_dict(),
-        }
+        return self._driver.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keeps a checkpoint's state until the pilot is attached to the optimizer."""
-        if not state_dict:
-            return
-        self._feed.load_state_dict(state_dict["validation"])
-        self._resumed = state_dict
+        self._driver.load_state_dict(state_dict)

@@ -28,12 +28,7 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from hyperpilot.agents.pilot import Pilot
-from hyperpilot.integrations._common import (
-    ValidationFeed,
-    logged_values,
-    pilot_step,
-    resolve_pilot,
-)
+from hyperpilot.integrations._common import PilotDriver
 
 STATE_FILE: Final = "hyperpilot_pilot.pt"
 """The pilot's state inside each `checkpoint-N/` folder (read with `weights_only`)."""
@@ -111,25 +106,24 @@ class PilotCallback(TrainerCallback):
         patience: int = 3,
         divergence_factor: float = 100.0,
     ) -> None:
-        if patience < 1:
-            raise ValueError(f"patience must be >= 1, got {patience}")
-        self.pilot = resolve_pilot(pilot)
-        self.total_steps = total_steps
-        self.clip = clip
-        self.early_stop = early_stop
-        self.patience = patience
-        self.divergence_factor = divergence_factor
-        self._feed = ValidationFeed(
-            f'validate every K optimizer steps: eval_strategy="steps", '
-            f"eval_steps={self.pilot.decision_interval}"
+        self._driver = PilotDriver(
+            pilot,
+            total_steps,
+            clip,
+            early_stop,
+            patience,
+            divergence_factor,
+            'validate every K optimizer steps: eval_strategy="steps", eval_steps={k}',
         )
-        self._attached = False
-        self._with_val = False
         self._losses: list[tuple[torch.Tensor, bool]] | None = None
         self._hook: torch.utils.hooks.RemovableHandle | None = None
         self._optimizer: Any = None
         self._scheduler: Any = None
-        self._resumed: dict[str, Any] | None = None
+
+    @property
+    def pilot(self) -> Pilot:
+        """The pilot this callback drives."""
+        return self._driver.pilot
 
     # ------------------------------------------------------------------ checks
     def on_init_end(
@@ -157,7 +151,7 @@ class PilotCallback(TrainerCallback):
         assert model is not None and optimizer is not None
         self._optimizer = optimizer
         self._scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)
-        self._attached = False
+        self._driver.attached = False
         if self._hook is not None:
             self._hook.remove()
         self._hook = model.register_forward_hook(self._on_forward, with_kwargs=True)
@@ -173,8 +167,7 @@ class PilotCallback(TrainerCallback):
                     "resume from a checkpoint of this run's output_dir, saved with "
                     "PilotCallback"
                 )
-            self._resumed = torch.load(path, weights_only=True)
-            self._feed.load_state_dict(self._resumed["validation"])
+            self._driver.load_state_dict(torch.load(path, weights_only=True))
         scheduler_type = str(
             getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
         )
@@ -201,7 +194,7 @@ class PilotCallback(TrainerCallback):
     ) -> None:
         """Notes `eval_loss` and the optimizer step it followed."""
         if metrics and "eval_loss" in metrics:
-            self._feed.record(metrics["eval_loss"], state.global_step)
+            self._driver.feed.record(metrics["eval_loss"], state.global_step)
 
     # -------------------------------------------------------------------- step
     def on_step_begin(
@@ -212,30 +205,13 @@ class PilotCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         """Attaches the pilot on the first step (after `eval_on_start`); opens a step."""
-        if not self._attached:
-            self._attach(state)
+        if not self._driver.attached:
+            self._driver.attach(
+                getattr(self._optimizer, "optimizer", self._optimizer),
+                state.max_steps,
+                grad_scaler=getattr(self._optimizer, "scaler", None),
+            )
         self._losses = []
-
-    def _attach(self, state: TrainerState) -> None:
-        total = self.total_steps or state.max_steps
-        resumed = self._resumed
-        self._with_val = resumed["with_val"] if resumed else self._feed.step == 0
-        self.pilot.attach(
-            getattr(self._optimizer, "optimizer", self._optimizer),
-            int(total),
-            val_fn=self._val_fn if self._with_val else None,
-            clip=self.clip,
-            divergence_factor=self.divergence_factor,
-            grad_scaler=getattr(self._optimizer, "scaler", None),
-            warn_scheduler=False,
-        )
-        if resumed is not None:
-            self.pilot.load_state_dict(resumed["pilot"])
-            self._resumed = None
-        self._attached = True
-
-    def _val_fn(self) -> float:
-        return self._feed.read(self.pilot.steps_done if self._attached else None)
 
     def _on_forward(
         self,
@@ -270,10 +246,10 @@ class PilotCallback(TrainerCallback):
         # With num_items_in_batch the model already divides by the whole step's
         # count, so the micro-batch losses add up; without, each is a mean.
         loss = total if losses[0][1] else total / len(losses)
-        if pilot_step(self.pilot, reduce(loss)):
+        if self._driver.step(reduce(loss)):
             control.should_log = True
         self._record_lr()
-        if self.early_stop and self.pilot.should_stop(self.patience):
+        if self._driver.should_stop():
             control.should_training_stop = True
 
     def on_step_end(
@@ -305,9 +281,9 @@ class PilotCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         """Adds the pilot's values to a training log record."""
-        if not self._attached or logs is None or "loss" not in logs:
+        if not self._driver.attached or logs is None or "loss" not in logs:
             return
-        values = logged_values(self.pilot)
+        values = self._driver.logged_values()
         logs.update(values)
         if state.log_history:
             state.log_history[-1].update(values)
@@ -320,17 +296,12 @@ class PilotCallback(TrainerCallback):
         **kwargs: Any,
     ) -> None:
         """Writes the pilot's state into the checkpoint folder just saved."""
-        if not (self._attached and args.should_save):
+        if not (self._driver.attached and args.should_save):
             return
         folder = os.path.join(
             args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         )
-        state_dict = {
-            "pilot": self.pilot.state_dict(),
-            "with_val": self._with_val,
-            "validation": self._feed.state_dict(),
-        }
-        torch.save(state_dict, os.path.join(folder, STATE_FILE))
+        torch.save(self._driver.state_dict(), os.path.join(folder, STATE_FILE))
 
     def on_train_end(
         self,

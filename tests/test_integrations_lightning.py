@@ -58,7 +58,8 @@ def _reference(accumulate=1, with_val=True):
             loss.backward()
             total = total + loss.detach()
         pilot.step(total)
-        lrs.append(optimizer.param_groups[0]["lr"])
+        values = pilot.hyperparameters
+        lrs.append((optimizer.param_groups[0]["lr"], values["beta1"], values["clip"]))
         losses.append(float(total))
         optimizer.step()
     return np.array(lrs), np.array(losses), net
@@ -93,9 +94,10 @@ class Module(pl.LightningModule):
 
 
 class Recorder(pl.Callback):
-    """The lr each optimizer step uses, after the pilot's callback has run."""
+    """lr, beta1 and clip of each optimizer step, after the pilot's callback ran."""
 
-    def __init__(self):
+    def __init__(self, pilot):
+        self.pilot = pilot
         self.lrs, self.losses = [], []
         self._loss = 0.0
 
@@ -103,7 +105,9 @@ class Recorder(pl.Callback):
         self._loss += float(loss.detach())
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
-        self.lrs.append(optimizer.param_groups[0]["lr"])
+        values = self.pilot.hyperparameters
+        lr = optimizer.param_groups[0]["lr"]
+        self.lrs.append((lr, values["beta1"], values["clip"]))
         self.losses.append(self._loss)
         self._loss = 0.0
 
@@ -116,7 +120,7 @@ def _loader(x, y, size):
 def _fit(module=None, accumulate=1, steps=STEPS, ckpt_path=None, callbacks=(), **kw):
     module = module or Module()
     callback = kw.pop("pilot_callback", None) or PilotCallback("default", clip=CLIP)
-    recorder = Recorder()
+    recorder = Recorder(callback.pilot)
     options = {
         "max_steps": steps,
         "accumulate_grad_batches": accumulate,
@@ -147,7 +151,7 @@ def test_lightning_matches_the_plain_loop(accumulate):
     got_lrs, got_losses, callback, _ = _fit(accumulate=accumulate)
     np.testing.assert_allclose(got_lrs, lrs, rtol=1e-6)
     np.testing.assert_allclose(got_losses, losses, rtol=1e-5)
-    assert len(set(lrs.tolist())) > 2  # the pilot moved the lr at its decisions
+    assert len(set(lrs[:, 0].tolist())) > 2  # the pilot moved the lr at its decisions
     assert callback.pilot.state_dict()["tracker"]["val_available"].all()
 
 
@@ -167,7 +171,7 @@ def test_a_scheduler_is_warned_about_and_overridden():
     np.testing.assert_allclose(got_lrs, lrs, rtol=1e-6)
     # and what loggers read between steps is the pilot's lr, not the scheduler's
     optimizer = module.trainer.optimizers[0]
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(lrs[-1], rel=1e-6)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(lrs[-1, 0], rel=1e-6)
 
 
 def test_lightning_clipping_is_refused():
@@ -234,13 +238,13 @@ def test_bf16_autocast_runs_and_the_values_are_logged(tmp_path):
     lrs, losses, _, _ = _fit(
         precision="bf16-mixed", pilot_callback=callback, logger=logger
     )
-    assert np.isfinite(losses).all() and len(set(lrs.tolist())) > 2
+    assert np.isfinite(losses).all() and len(set(lrs[:, 0].tolist())) > 2
     assert not callback.pilot.diverged
     (metrics,) = tmp_path.glob("run/*/metrics.csv")
     rows = [r for r in csv.DictReader(metrics.open()) if r.get("pilot/lr")]
     assert [int(r["step"]) for r in rows] == [0, 10, 20, 30]
     logged = [float(r["pilot/lr"]) for r in rows]
-    np.testing.assert_allclose(logged, lrs[::10], rtol=1e-6)
+    np.testing.assert_allclose(logged, lrs[::10, 0], rtol=1e-6)
     assert all(r["pilot/beta1"] and r["pilot/clip"] for r in rows)
 
 

@@ -31,7 +31,9 @@ def _model():
     )
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        return transformers.GPT2LMHeadModel(config)
+        # float64, so that float noise (the Trainer averages eval losses its own
+        # way) stays far below the 1e-6 the comparison allows
+        return transformers.GPT2LMHeadModel(config).double()
 
 
 MODEL = _model()
@@ -96,16 +98,18 @@ def _reference(counts, accumulate=1):
             loss.backward()
             total = total + loss.detach()
         pilot.step(total)
-        lrs.append(optimizer.param_groups[0]["lr"])
+        values = pilot.hyperparameters
+        lrs.append((optimizer.param_groups[0]["lr"], values["beta1"], values["clip"]))
         losses.append(float(total))
         optimizer.step()
     return np.array(lrs), np.array(losses)
 
 
 class Recorder(transformers.TrainerCallback):
-    """The lr of each optimizer step and the `num_items_in_batch` of each step."""
+    """lr, beta1 and clip of each optimizer step, and its `num_items_in_batch`."""
 
-    def __init__(self):
+    def __init__(self, pilot):
+        self.pilot = pilot
         self.lrs, self.counts = [], []
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -118,7 +122,9 @@ class Recorder(transformers.TrainerCallback):
         model.register_forward_pre_hook(record, with_kwargs=True)
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-        self.lrs.append(optimizer.param_groups[0]["lr"])
+        values = self.pilot.hyperparameters
+        lr = optimizer.param_groups[0]["lr"]
+        self.lrs.append((lr, values["beta1"], values["clip"]))
 
 
 def _args(tmp_path, accumulate=1, **kw):
@@ -150,7 +156,7 @@ def _args(tmp_path, accumulate=1, **kw):
 
 def _train(args, callback=None, model=None, resume=None):
     callback = callback or PilotCallback("default", clip=CLIP)
-    recorder = Recorder()
+    recorder = Recorder(callback.pilot)
     trainer = transformers.Trainer(
         model=model or copy.deepcopy(MODEL),
         args=args,
@@ -172,15 +178,17 @@ def test_the_trainer_matches_the_plain_loop(tmp_path, accumulate):
     got, trainer, callback = _train(_args(tmp_path, accumulate))
     lrs, losses = _reference(trainer.counts, accumulate)
     np.testing.assert_allclose(got, lrs, rtol=1e-6)
-    assert len(set(lrs.tolist())) > 2
+    assert len(set(lrs[:, 0].tolist())) > 2
     assert callback.pilot.state_dict()["tracker"]["val_available"].all()
     # the Trainer logged at each decision, with the lr in force and the pilot's values
     records = [r for r in trainer.state.log_history if "pilot/lr" in r]
     assert [r["step"] for r in records] == [1, 11, 21, 31]
     np.testing.assert_allclose(
-        [r["learning_rate"] for r in records], lrs[::10], rtol=1e-6
+        [r["learning_rate"] for r in records], lrs[::10, 0], rtol=1e-6
     )
-    np.testing.assert_allclose([r["pilot/lr"] for r in records], lrs[::10], rtol=1e-6)
+    np.testing.assert_allclose(
+        [r["pilot/lr"] for r in records], lrs[::10, 0], rtol=1e-6
+    )
     # each record's loss is the mean since the last one: the losses agree too
     windows = [losses[:1], losses[1:11], losses[11:21], losses[21:31]]
     np.testing.assert_allclose(
@@ -271,7 +279,7 @@ def test_a_skipped_amp_step_is_no_divergence(tmp_path, monkeypatch):
 
 def test_bf16_autocast_runs(tmp_path):
     lrs, trainer, callback = _train(_args(tmp_path, bf16=True))
-    assert len(set(lrs.tolist())) > 2 and not callback.pilot.diverged
+    assert len(set(lrs[:, 0].tolist())) > 2 and not callback.pilot.diverged
     assert np.isfinite(
         [r["loss"] for r in trainer.state.log_history if "loss" in r]
     ).all()

@@ -12,7 +12,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH)"
-	$(PY) -m pip install -e ".[dev,baselines,ray]"
+	$(PY) -m pip install -e ".[dev,baselines,ray,lightning,transformers]"
 	touch $@
 
 # Meta-trains a smoke pilot (seconds), then shows the shipped pilot against constant Adam

@@ -26,16 +26,20 @@ Rules for real loops:
 - **Gradient accumulation.** Call `step` once per optimizer step, after the last
   micro-batch's `backward()`, with the mean loss of the micro-batches.
   `total_steps` counts optimizer steps.
-- **AMP.** With a `GradScaler`: `scaler.scale(loss).backward()`,
-  `scaler.unscale_(opt)`, `pilot.step(loss)` (the unscaled loss), `scaler.step(opt)`,
-  `scaler.update()`. A step with non-finite gradients (an overflow the scaler will
-  skip) counts toward `total_steps` but is neither recorded nor clipped.
+- **AMP.** With a `GradScaler`: `attach(..., grad_scaler=scaler)`, then
+  `scaler.scale(loss).backward()`, `scaler.unscale_(opt)`, `pilot.step(loss)` (the
+  unscaled loss), `scaler.step(opt)`, `scaler.update()`. A step with non-finite
+  gradients is an overflow the scaler skips: it counts toward `total_steps` but is
+  neither recorded, clipped nor a divergence.
 - **Schedulers.** The pilot owns the learning rate: it overwrites every group's lr
   at each decision, so do not also use a `torch.optim.lr_scheduler`. It warns once
   when it sees one: at `attach` and at each decision it looks for the mark
   `LRScheduler` leaves on `optimizer.step` (`_wrapped_by_lr_sched`), and at each
   decision it checks whether the first group's lr still is what it wrote (this also
-  catches `ReduceLROnPlateau` and hand-written changes, once they happen).
+  catches `ReduceLROnPlateau` and hand-written changes, once they happen). Where a
+  scheduler cannot be removed (the Hugging Face `Trainer` always runs one), call
+  `reapply()` before every `step` and attach with `warn_scheduler=False`, as the
+  callbacks in `hyperpilot.integrations` do.
 - **Param groups.** Each group's lr is the pilot's lr times the group's starting lr
   over the first group's, so per-group ratios survive.
 - **Optimizers without betas** (SGD, RMSprop, ...): only lr and clip are
@@ -44,9 +48,15 @@ Rules for real loops:
   under `torch.no_grad()` at `attach` and at every decision after the first; it
   should leave the model as it found it (e.g. switch back to `train()`). A
   non-finite value counts as divergence.
-- **Divergence.** A non-finite loss, a loss above `divergence_factor` times the
-  first one, or a non-finite validation loss ends the pilot's control: from that
-  step on it changes nothing and `should_stop()` is True.
+- **Divergence.** A non-finite loss, a non-finite gradient (without a scaler), a
+  loss above `divergence_factor` times the first one, or a non-finite validation
+  loss is a divergence. The step that finds it sets every parameter's `grad` to
+  None, so the `opt.step()` that follows moves neither the parameters nor the
+  optimizer's state (Adam's moments, SGD's momentum; as the engine masks a diverged
+  run's update), and `should_stop()` is True from then on. The pilot's control ends
+  there (no more decisions or clipping), but its guard stays: a later step with a
+  non-finite loss or gradient (an overflow, with a scaler) again leaves
+  `opt.step()` nothing to apply.
 - **Past `total_steps`** the last values stay in force (the pilot warns once).
 - **Distributed data parallel.** Every rank must decide alike: pass a loss averaged
   over ranks and a `val_fn` that returns the same value on every rank.
@@ -72,6 +82,7 @@ from typing import Any, Final
 
 import numpy as np
 import torch
+from torch.amp.grad_scaler import OptState
 
 from hyperpilot.bundle import PolicyBundle, load_bundle
 from hyperpilot.envs.actions import Hyperparams, decode_in_run
@@ -155,6 +166,8 @@ class Pilot:
         val_fn: Callable[[], float] | None = None,
         clip: float | None = None,
         divergence_factor: float = 100.0,
+        grad_scaler: torch.amp.GradScaler | None = None,
+        warn_scheduler: bool = True,
     ) -> Pilot:
         """Takes control of `optimizer` for a run of `total_steps` optimizer steps.
 
@@ -173,13 +186,20 @@ class Pilot:
             clip: Starting gradient-norm clipping threshold.
             divergence_factor: The run diverges when a loss exceeds this times the
                 first recorded loss.
+            grad_scaler: The `torch.amp.GradScaler` that steps this optimizer, if
+                any: non-finite gradients are then an overflow it skips, not a
+                divergence, and `step` checks that the gradients were unscaled.
+            warn_scheduler: Warn when an lr scheduler or another hand changes the
+                lr. A framework callback that calls `reapply` before every step
+                turns this off and warns in its framework's terms.
 
         Returns:
             The pilot itself.
 
         Warns:
-            UserWarning: Once, if the optimizer has no `betas`, or an lr scheduler
-                is attached to it (see the module docstring).
+            UserWarning: Once, if the optimizer has no `betas`, or (with
+                `warn_scheduler`) an lr scheduler is attached to it (see the module
+                docstring).
 
         Raises:
             ValueError: If an argument is invalid, a group's lr is not a positive
@@ -205,9 +225,17 @@ class Pilot:
             )
 
         self._optimizer = optimizer
+        # A disabled scaler steps like a plain optimizer: nothing would skip an
+        # overflow, so non-finite gradients stay a divergence.
+        self._scaler = (
+            grad_scaler
+            if grad_scaler is not None and grad_scaler.is_enabled()
+            else None
+        )
         self._val_fn = val_fn
         self._total = total_steps
         self._factor = float(divergence_factor)
+        self._warn_scheduler = warn_scheduler
         self._warned = set()
         self._has_betas = all("betas" in group for group in groups)
         beta1 = float(groups[0]["betas"][0]) if self._has_betas else _NO_BETAS_BETA1
@@ -249,25 +277,32 @@ class Pilot:
     def step(self, loss: torch.Tensor | float) -> None:
         """One optimizer step: decide (every K steps), record, then clip in place.
 
-        Call it after `loss.backward()` and before `optimizer.step()`.
+        Call it after `loss.backward()` and before `optimizer.step()`. On a
+        divergence (a non-finite loss or gradient, or a loss above the divergence
+        factor; see the module docstring) it sets every parameter's `grad` to None
+        instead, so that `optimizer.step()` changes nothing, and marks the run
+        diverged.
 
         Args:
             loss: This step's (unscaled, scalar) training loss.
 
         Raises:
-            RuntimeError: If the pilot is not attached, or no parameter has a
-                gradient.
+            RuntimeError: If the pilot is not attached, no parameter has a
+                gradient, or a `grad_scaler` has not unscaled them yet.
             ValueError: If `loss` is not a scalar.
         """
         self._require_attached()
-        if self._diverged:
-            return
         loss = _scalar(loss)
         grads = self._gradients()
+        self._require_unscaled()
+        if self._diverged:
+            self._guard(loss, grads)
+            return
         if self._steps < self._total:
             if self._decision_due():
                 self._decide()
                 if self._diverged:
+                    self._drop_gradients()
                     return
         else:
             self._warn_once(
@@ -277,9 +312,9 @@ class Pilot:
             )
         loss_value, norm, agreement, coefficient = self._measure(loss, grads)
         self._steps += 1
-        diverged = self._is_divergence(loss_value)
-        if not diverged and not math.isfinite(norm):
-            return  # an AMP overflow the GradScaler will skip: nothing to learn from
+        if self._is_overflow(loss_value, norm):
+            return  # the GradScaler skips this step: nothing to learn from
+        diverged = self._is_divergence(loss_value) or not math.isfinite(norm)
         clipped = coefficient < 1.0
         self._tracker.record_step(
             torch.tensor([loss_value], dtype=_F64),
@@ -289,6 +324,7 @@ class Pilot:
         )
         if diverged:
             self._diverged = True
+            self._drop_gradients()
             return
         if clipped:
             factor = torch.tensor(coefficient, dtype=_F64)
@@ -298,6 +334,19 @@ class Pilot:
         # ignores the clipping factor), with its norm.
         self._prev_grads = {i: self._copy_grad(i, g) for i, g in grads}
         self._prev_norm = norm * coefficient
+
+    def reapply(self) -> None:
+        """Writes the values in force (lr per group, beta1) into the optimizer again.
+
+        For loops where something else writes the lr between optimizer steps, such
+        as a framework's lr scheduler that cannot be removed: calling this before
+        every `step` keeps the pilot's values in force at every update.
+
+        Raises:
+            RuntimeError: If the pilot is not attached.
+        """
+        self._require_attached()
+        self._write()
 
     # ------------------------------------------------------------------ status
     @property
@@ -314,6 +363,12 @@ class Pilot:
     def diverged(self) -> bool:
         """Whether the run diverged (the pilot then changes nothing any more)."""
         return self._optimizer is not None and self._diverged
+
+    @property
+    def next_step_decides(self) -> bool:
+        """Whether the next `step` asks the policy (steps 0, K, 2K, ... before the end)."""
+        self._require_attached()
+        return not self._diverged and self._steps < self._total and self._decision_due()
 
     @property
     def steps_done(self) -> int:
@@ -510,6 +565,8 @@ class Pilot:
         return self._start_lrs[index] / self._start_lrs[0]
 
     def _check_scheduler(self) -> None:
+        if not self._warn_scheduler:
+            return
         step = getattr(self._optimizer, "step", None)
         if getattr(step, "_wrapped_by_lr_sched", False):
             self._warn_once(
@@ -520,6 +577,8 @@ class Pilot:
 
     def _check_foreign_lr(self) -> None:
         assert self._optimizer is not None
+        if not self._warn_scheduler:
+            return
         expected = float(self._hparams.lr[0])
         found = float(self._optimizer.param_groups[0]["lr"])
         if not math.isclose(found, expected, rel_tol=1e-6):
@@ -542,6 +601,51 @@ class Pilot:
             )
         return grads
 
+    def _require_unscaled(self) -> None:
+        """With a scaler: the gradients must be unscaled before the pilot reads them.
+
+        `GradScaler` keeps no public record of this; its per-optimizer stage
+        (`OptState.UNSCALED` after `unscale_`) is the one place that knows.
+        """
+        if self._scaler is None:
+            return
+        state = self._scaler._per_optimizer_states[id(self._optimizer)]
+        if state["stage"] is not OptState.UNSCALED:
+            raise RuntimeError(
+                "the gradients are still scaled: call scaler.unscale_(optimizer) "
+                "before pilot.step(loss)"
+            )
+
+    def _is_overflow(self, loss: float, norm: float) -> bool:
+        """Non-finite gradients from a finite loss, which the scaler will skip."""
+        return (
+            self._scaler is not None and math.isfinite(loss) and not math.isfinite(norm)
+        )
+
+    def _guard(self, loss: torch.Tensor, grads: list[tuple[int, torch.Tensor]]) -> None:
+        """After a divergence: still keep non-finite values from `optimizer.step()`."""
+        norm = _global_norm(grads)
+        device = norm.device
+        loss_value, norm_value = torch.stack(
+            [loss.to(device, _F64), norm.to(_F64)]
+        ).tolist()
+        if self._is_overflow(loss_value, norm_value):
+            return
+        if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+            self._drop_gradients()
+
+    def _drop_gradients(self) -> None:
+        """Sets every `grad` to None: `optimizer.step()` then skips every parameter.
+
+        torch's optimizers (Adam, AdamW, SGD, ..., foreach and fused alike) leave
+        a parameter without a gradient and its state untouched; a `GradScaler`
+        that has unscaled already steps through it the same way.
+        """
+        assert self._optimizer is not None
+        for group in self._optimizer.param_groups:
+            for parameter in group["params"]:
+                parameter.grad = None
+
     def _measure(
         self, loss: torch.Tensor, grads: list[tuple[int, torch.Tensor]]
     ) -> tuple[float, float, float, float]:
@@ -550,10 +654,8 @@ class Pilot:
         The norm is `clip_grad_norm_`'s (the norm of the per-tensor norms); the
         factor is `min(clip / (norm + 1e-6), 1)`. One host synchronization.
         """
-        device = grads[0][1].device
-        dtype = functools.reduce(torch.promote_types, (g.dtype for _, g in grads))
-        norms = [torch.linalg.vector_norm(g).to(device, dtype) for _, g in grads]
-        norm = torch.linalg.vector_norm(torch.stack(norms))
+        norm = _global_norm(grads)
+        device = norm.device
         coefficient = torch.clamp(
             float(self._hparams.clip[0]) / (norm + CLIP_EPS), max=1.0
         )
@@ -587,6 +689,14 @@ class Pilot:
         first = float(self._tracker.first_loss[0])
         limit = math.inf if math.isnan(first) else self._factor * first
         return not math.isfinite(loss) or loss > limit
+
+
+def _global_norm(grads: list[tuple[int, torch.Tensor]]) -> torch.Tensor:
+    """`clip_grad_norm_`'s norm (the norm of the per-tensor norms), on the device."""
+    device = grads[0][1].device
+    dtype = functools.reduce(torch.promote_types, (g.dtype for _, g in grads))
+    norms = [torch.linalg.vector_norm(g).to(device, dtype) for _, g in grads]
+    return torch.linalg.vector_norm(torch.stack(norms))
 
 
 def _hparams(lr: float, beta1: float, clip: float) -> Hyperparams:

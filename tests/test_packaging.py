@@ -34,6 +34,8 @@ def test_wheel_holds_the_subpackages_and_the_task_splits(tmp_path):
         "hyperpilot/envs/engine.py",
         "hyperpilot/envs/tasks/registry.py",
         "hyperpilot/agents/__init__.py",
+        "hyperpilot/integrations/lightning.py",
+        "hyperpilot/integrations/transformers.py",
         "hyperpilot/configs/tasks/train.yaml",
         "hyperpilot/configs/tasks/heldout.yaml",
         "hyperpilot/configs/train/smoke.yaml",

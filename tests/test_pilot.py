@@ -210,6 +210,19 @@ def _train(pilot, model, optimizer, x, y, steps, start=0, stop=False):
     return None
 
 
+def _train_scaled(pilot, model, optimizer, scaler, x, y, steps, start=0):
+    """The user loop with a GradScaler, in the order the module docstring gives."""
+    for step in range(start, start + steps):
+        rows = (torch.arange(16) + 16 * step) % len(x)
+        loss = nn.functional.mse_loss(model(x[rows]), y[rows])
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        pilot.step(loss)
+        scaler.step(optimizer)
+        scaler.update()
+
+
 def test_per_group_lr_ratios_survive_and_beta1_is_written(bundle_dir):
     model, x, y = _problem()
     optimizer = torch.optim.Adam(
@@ -331,13 +344,15 @@ def test_should_stop_on_patience_only_with_a_val_fn(bundle_dir):
 def test_amp_overflow_steps_are_counted_but_neither_recorded_nor_clipped(bundle_dir):
     model, x, y = _problem()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    pilot = Pilot.load(bundle_dir).attach(optimizer, 60)
-    _train(pilot, model, optimizer, x, y, 3)
+    scaler = torch.amp.GradScaler("cpu")
+    pilot = Pilot.load(bundle_dir).attach(optimizer, 60, grad_scaler=scaler)
+    _train_scaled(pilot, model, optimizer, scaler, x, y, 3)
     before = pilot.state_dict()
     loss = nn.functional.mse_loss(model(x), y)
     optimizer.zero_grad()
-    loss.backward()
+    scaler.scale(loss).backward()
     model[0].weight.grad[0, 0] = float("inf")
+    scaler.unscale_(optimizer)
     pilot.step(loss)
     assert not pilot.diverged and pilot.steps_done == 4
     assert torch.equal(
@@ -419,3 +434,161 @@ def test_step_needs_attach_and_a_scalar_loss(bundle_dir):
         pilot.step(1.0)
     with pytest.raises(ValueError, match="scalar"):
         pilot.step(torch.ones(3))
+
+
+# ------------------------------------------------- non-finite values in a user loop
+OPTIMIZERS = {
+    "adam": lambda params: torch.optim.Adam(params, lr=1e-3),
+    "adam-foreach": lambda params: torch.optim.Adam(params, lr=1e-3, foreach=True),
+    "adam-fused": lambda params: torch.optim.Adam(params, lr=1e-3, fused=True),
+    "adamw-foreach": lambda params: torch.optim.AdamW(params, lr=1e-3, foreach=True),
+    "adamw-fused": lambda params: torch.optim.AdamW(params, lr=1e-3, fused=True),
+    "sgd-momentum": lambda params: torch.optim.SGD(params, lr=1e-2, momentum=0.9),
+    "sgd-momentum-foreach": lambda params: torch.optim.SGD(
+        params, lr=1e-2, momentum=0.9, foreach=True
+    ),
+    "sgd-momentum-fused": lambda params: torch.optim.SGD(
+        params, lr=1e-2, momentum=0.9, fused=True
+    ),
+}
+
+
+def _snapshot(model, optimizer):
+    return copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+
+
+def _assert_identical(a, b):
+    (params_a, optim_a), (params_b, optim_b) = a, b
+    for name, value in params_a.items():
+        assert torch.equal(value, params_b[name]), name
+    assert optim_a["param_groups"] == optim_b["param_groups"]
+    assert optim_a["state"].keys() == optim_b["state"].keys()
+    for index, state in optim_a["state"].items():
+        for name, value in state.items():
+            assert torch.equal(
+                torch.as_tensor(value), torch.as_tensor(optim_b["state"][index][name])
+            ), (index, name)
+
+
+def _faulty_step(pilot, model, optimizer, x, y, fault, scaler=None):
+    """One step whose loss is NaN, whose gradient holds an inf, or whose loss is huge."""
+    loss = nn.functional.mse_loss(model(x), y)
+    if fault == "nan-loss":
+        loss = loss * float("nan")
+    if fault == "huge-loss":
+        loss = loss * 1e6
+    optimizer.zero_grad()
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    if fault == "inf-grad":
+        model[0].weight.grad[0, 0] = float("inf")
+    if scaler is None:
+        pilot.step(loss)
+        optimizer.step()
+    else:
+        scaler.unscale_(optimizer)
+        pilot.step(loss)
+        scaler.step(optimizer)
+        scaler.update()
+
+
+@pytest.mark.parametrize("fault", ["nan-loss", "inf-grad", "huge-loss"])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_a_divergent_step_leaves_parameters_and_optimizer_state_untouched(
+    bundle_dir, name, fault
+):
+    model, x, y = _problem()
+    optimizer = OPTIMIZERS[name](model.parameters())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # SGD has no betas
+        pilot = Pilot.load(bundle_dir).attach(optimizer, 60)
+    _train(pilot, model, optimizer, x, y, 3)
+    before = _snapshot(model, optimizer)
+    _faulty_step(pilot, model, optimizer, x, y, fault)
+    _assert_identical(before, _snapshot(model, optimizer))
+    assert pilot.diverged and pilot.should_stop()
+    assert all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.parametrize("fault", ["nan-loss", "inf-grad"])
+def test_after_a_divergence_non_finite_steps_still_change_nothing(bundle_dir, fault):
+    model, x, y = _problem()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    pilot = Pilot.load(bundle_dir).attach(optimizer, 60)
+    _train(pilot, model, optimizer, x, y, 3)
+    _faulty_step(pilot, model, optimizer, x, y, "huge-loss")
+    before = _snapshot(model, optimizer)
+    _faulty_step(pilot, model, optimizer, x, y, fault)
+    _assert_identical(before, _snapshot(model, optimizer))
+    # a finite step goes through untouched: the pilot no longer steers or clips
+    _train(pilot, model, optimizer, x, y, 1, start=3)
+    assert not torch.equal(before[0]["0.weight"], model[0].weight)
+
+
+@pytest.mark.parametrize(
+    ("fault", "diverged"),
+    [("inf-grad", False), ("nan-loss", True), ("huge-loss", True)],
+)
+def test_with_a_grad_scaler_only_overflows_are_left_to_it(bundle_dir, fault, diverged):
+    model, x, y = _problem()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu")
+    pilot = Pilot.load(bundle_dir).attach(optimizer, 60, grad_scaler=scaler)
+    _train_scaled(pilot, model, optimizer, scaler, x, y, 3)
+    before = _snapshot(model, optimizer)
+    _faulty_step(pilot, model, optimizer, x, y, fault, scaler=scaler)
+    _assert_identical(before, _snapshot(model, optimizer))
+    assert pilot.diverged is diverged and pilot.should_stop() is diverged
+    if not diverged:  # the scaler skipped the step; the pilot keeps steering
+        _train_scaled(pilot, model, optimizer, scaler, x, y, 20, start=4)
+        assert not pilot.should_stop()
+        assert optimizer.param_groups[0]["lr"] != 1e-3
+
+
+def test_a_grad_scaler_must_unscale_before_the_pilot_reads(bundle_dir):
+    model, x, y = _problem()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler("cpu")
+    pilot = Pilot.load(bundle_dir).attach(optimizer, 60, grad_scaler=scaler)
+    loss = nn.functional.mse_loss(model(x), y)
+    scaler.scale(loss).backward()
+    with pytest.raises(RuntimeError, match=r"scaler\.unscale_"):
+        pilot.step(loss)
+    # a disabled scaler scales nothing: no check, and an inf gradient diverges
+    disabled = torch.amp.GradScaler("cpu", enabled=False)
+    pilot.attach(optimizer, 60, grad_scaler=disabled)
+    _faulty_step(pilot, model, optimizer, x, y, "inf-grad", scaler=disabled)
+    assert pilot.diverged
+
+
+# ------------------------------------------------------ hooks for framework callbacks
+def test_reapply_keeps_the_values_in_force_against_a_scheduler(bundle_dir):
+    def run(with_scheduler):
+        model, x, y = _problem()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        if with_scheduler:
+            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=0.5)
+        pilot = Pilot.load(bundle_dir)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # warn_scheduler=False: no warning
+            pilot.attach(optimizer, 30, warn_scheduler=False)
+            decided, lrs = [], []
+            for step in range(30):
+                rows = (torch.arange(16) + 16 * step) % len(x)
+                loss = nn.functional.mse_loss(model(x[rows]), y[rows])
+                optimizer.zero_grad()
+                loss.backward()
+                pilot.reapply()
+                decided.append(pilot.next_step_decides)
+                pilot.step(loss)
+                lrs.append(optimizer.param_groups[0]["lr"])
+                optimizer.step()
+                if with_scheduler:
+                    scheduler.step()
+        return decided, lrs, model
+
+    decided, lrs, model = run(with_scheduler=True)
+    plain_decided, plain_lrs, plain_model = run(with_scheduler=False)
+    assert decided == plain_decided == [step % 10 == 0 for step in range(30)]
+    assert lrs == plain_lrs and len(set(lrs)) == 3
+    for a, b in zip(model.parameters(), plain_model.parameters()):
+        assert torch.equal(a, b)

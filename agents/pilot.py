@@ -86,6 +86,7 @@ from torch.amp.grad_scaler import OptState
 
 from hyperpilot.bundle import PolicyBundle, load_bundle
 from hyperpilot.envs.actions import Hyperparams, decode_in_run
+from hyperpilot.envs.engine import is_divergence
 from hyperpilot.envs.features import FeatureTracker
 from hyperpilot.envs.optim import CLIP_EPS
 
@@ -685,10 +686,9 @@ class Pilot:
         return grad.detach().clone()
 
     def _is_divergence(self, loss: float) -> bool:
-        """A non-finite loss, or one above `divergence_factor` x the first loss."""
-        first = float(self._tracker.first_loss[0])
-        limit = math.inf if math.isnan(first) else self._factor * first
-        return not math.isfinite(loss) or loss > limit
+        """The engine's rule (`is_divergence`): non-finite, or above factor x first."""
+        value = torch.tensor([loss], dtype=_F64)
+        return bool(is_divergence(value, self._tracker.first_loss, self._factor)[0])
 
 
 def _global_norm(grads: list[tuple[int, torch.Tensor]]) -> torch.Tensor:

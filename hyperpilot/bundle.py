@@ -494,23 +494,20 @@ def load_bundle(path_or_name: str | Path) -> PolicyBundle:
     if not isinstance(meta, dict):
         raise BundleError(f"{meta_path} does not hold a JSON object; {_REEXPORT}")
     checked = _check_meta(meta, meta_path)
-    state = _read_weights(path / checked["weights"])
-    actor = Actor(
-        n_obs=len(checked["names"]),
-        n_actions=len(checked["controlled"]),
-        net_arch=checked["net_arch"],
-        activation=checked["activation"],
-    )
     weights_path = path / checked["weights"]
-    expected = {k: tuple(v.shape) for k, v in actor.state_dict().items()}
+    state = _read_weights(weights_path)
+    n_obs, n_actions = len(checked["names"]), len(checked["controlled"])
+    # Compared before the actor is built: a claimed net_arch of [20000, 20000] is
+    # refused without allocating it (the file's tensors bound what is allocated).
+    expected = _actor_shapes(n_obs, n_actions, checked["net_arch"])
     found = {k: tuple(v.shape) for k, v in state.items()}
     if found != expected:
         raise BundleError(
             f"{weights_path} does not match the architecture in {META_FILE} "
-            f"(net_arch {checked['net_arch']}, {len(checked['names'])} features, "
-            f"{len(checked['controlled'])} actions): expected {expected}, found "
-            f"{found}; {_REEXPORT}"
+            f"(net_arch {checked['net_arch']}, {n_obs} features, {n_actions} "
+            f"actions): expected {expected}, found {found}; {_REEXPORT}"
         )
+    actor = Actor(n_obs, n_actions, checked["net_arch"], checked["activation"])
     for key, tensor in state.items():
         if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
             raise BundleError(
@@ -539,6 +536,20 @@ def _fingerprint(*files: Path) -> str:
     for file in files:
         digest.update(file.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def _actor_shapes(
+    n_obs: int, n_actions: int, net_arch: list[int]
+) -> dict[str, tuple[int, ...]]:
+    """The state-dict shapes of `Actor(n_obs, n_actions, net_arch, ...)`."""
+    sizes = [n_obs, *net_arch]
+    shapes: dict[str, tuple[int, ...]] = {}
+    for index, (width_in, width_out) in enumerate(itertools.pairwise(sizes)):
+        shapes[f"policy_net.{2 * index}.weight"] = (width_out, width_in)
+        shapes[f"policy_net.{2 * index}.bias"] = (width_out,)
+    shapes["action_net.weight"] = (n_actions, sizes[-1])
+    shapes["action_net.bias"] = (n_actions,)
+    return shapes
 
 
 def _resolve(path_or_name: str | Path) -> Path:

@@ -19,7 +19,7 @@ import yaml
 from hyperpilot import ablations, evaluation, quality, report, training
 from hyperpilot import bench as benchmarks
 from hyperpilot._version import __version__
-from hyperpilot.agents.methods import methods_help
+from hyperpilot.agents.methods import METHODS, methods_help
 from hyperpilot.bundle import describe_bundle, load_bundle
 from hyperpilot.config import load_config
 from hyperpilot.envs.ray_vec_env import RAY_MISSING
@@ -100,6 +100,7 @@ def _train_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--config",
         help="a YAML file, or the name of a shipped config (default, smoke, gpu); "
+        "keys a file leaves out take their values from configs/train/default.yaml; "
         "default: default",
     )
     parser.add_argument(
@@ -334,6 +335,13 @@ def evaluate(argv: Sequence[str] | None = None) -> int:
     )
     names = [m.strip() for m in (args.methods or "").split(",") if m.strip()]
     methods = evaluation.resolve_methods(names)
+    missing = [m for m in METHODS.values() if not names and not m.available]
+    if missing:
+        extras = sorted({m.extra for m in missing if m.extra})
+        print(
+            f"note: {', '.join(m.name for m in missing)} left out: their libraries "
+            f"are not installed (pip install 'hyperpilot[{','.join(extras)}]')"
+        )
     seeds = choice.seeds if args.seeds is None else args.seeds
     out = args.out or Path("runs") / f"eval__{choice.name}"
     print(

@@ -36,7 +36,12 @@ from stable_baselines3 import PPO
 from hyperpilot.bundle import ACTIVATIONS as ACTIVATION_CLASSES
 from hyperpilot.envs.reward import RewardConfig
 from hyperpilot.envs.settings import EnvSettings
-from hyperpilot.envs.tasks.splits import CONFIGS_DIR, load_split
+from hyperpilot.envs.tasks.splits import (
+    CONFIGS_DIR,
+    HELDOUT_PREFIX,
+    heldout_families,
+    load_split,
+)
 from hyperpilot.envs.vec_env import groups_from
 from hyperpilot.runtime import atomic_write_text
 from hyperpilot.schema import (
@@ -62,7 +67,6 @@ from hyperpilot.schema import (
 )
 
 SECTIONS: Final = ("run", "env", "ppo", "eval", "logging")
-HELDOUT_SPLIT: Final = "heldout"
 _BUCKET_KEYS: Final = ("split", "family", "groups")  # the ways of naming env buckets
 ACTIVATIONS: Final = tuple(ACTIVATION_CLASSES)
 
@@ -226,10 +230,6 @@ class EnvSection(create_model("_EnvKnobs", __base__=_Buckets, **_ENV_KNOBS)):
                     "with groups, give n per group"
                 )
             object.__setattr__(self, "n", total)
-        for index, group in enumerate(self.groups or ()):
-            _check_split(group.family, f"env.groups[{index}].family", load=False)
-        if self.family is not None:
-            _check_split(self.family, "env.family", load=False)
         if self.split is not None:
             _check_split(self.split, "env.split")
         try:
@@ -237,11 +237,14 @@ class EnvSection(create_model("_EnvKnobs", __base__=_Buckets, **_ENV_KNOBS)):
         except ValueError as error:
             raise ConfigError(f"env: {error}") from None
         for index, bucket in enumerate(buckets):
+            path = (
+                f"env.groups[{index}]" if self.groups is not None else f"env.{ways[0]}"
+            )
+            _refuse_heldout(bucket.spec.family, path)
             try:
                 bucket.spec.build()  # families draw data at sample time (data_file reads its file)
             except ValueError as error:
-                path = f"groups[{index}]" if self.groups is not None else ways[0]
-                raise ConfigError(f"env.{path}: {error}") from None
+                raise ConfigError(f"{path}: {error}") from None
         return self
 
     def _knob_values(self) -> dict[str, Any]:
@@ -469,6 +472,10 @@ class TrainConfig(StrictModel):
 
 
 # ------------------------------------------------------------------ loading
+DEFAULT_CONFIG: Final = CONFIGS_DIR / "train" / "default.yaml"
+"""What an empty or partial config resolves onto."""
+
+
 def available_configs() -> list[str]:
     """Names of the training configs shipped in configs/train/."""
     return sorted(p.stem for p in (CONFIGS_DIR / "train").glob("*.yaml"))
@@ -482,13 +489,22 @@ def config_path(name_or_path: str | Path) -> Path:
     return CONFIGS_DIR / "train" / f"{name_or_path}.yaml"
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+def load_config(
+    path: str | Path, overrides: Sequence[str] = (), *, onto_default: bool = True
+) -> TrainConfig:
     """Reads a training config and applies `--set` overrides.
+
+    An empty or partial file resolves onto `configs/train/default.yaml`: the keys it
+    leaves out take the default run's values (not SB3's defaults, which are sized
+    for other problems). Naming the buckets one way (`env.family`) drops the default
+    file's other way (`env.split`), as `--set` does.
 
     Args:
         path: A .yaml path, or a bare name of a shipped config (`default`, `smoke`).
         overrides: `a.b=value` strings; the value is parsed with `yaml.safe_load`
             (`ppo.n_steps=64`, `env.controlled=[lr]`).
+        onto_default: Resolve onto `default.yaml` (False for a run folder's own,
+            complete `config.yaml`).
 
     Returns:
         The validated config; a null `run.name` becomes the file's stem.
@@ -497,9 +513,21 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
         ConfigError: If the file is missing or malformed, or a value is invalid.
     """
     file = config_path(path)
+    data = _read(file, path)
+    if onto_default and file.resolve() != DEFAULT_CONFIG.resolve():
+        data = _merged(_read(DEFAULT_CONFIG, DEFAULT_CONFIG), data)
+    config = load_config_dict(apply_overrides(data, overrides), source=str(file))
+    if config.run.name is None:  # resolved here, so the written config keeps it
+        run = config.run.model_copy(update={"name": config.name})
+        config = config.model_copy(update={"run": run})
+    return config
+
+
+def _read(file: Path, asked: str | Path) -> dict[str, Any]:
+    """The mapping of sections in a YAML file (empty for an empty file)."""
     if not file.is_file():
         raise ConfigError(
-            f"training config {str(path)!r} not found ({file}); shipped configs: "
+            f"training config {str(asked)!r} not found ({file}); shipped configs: "
             f"{', '.join(available_configs())}, or a path to a .yaml file"
         )
     try:
@@ -512,11 +540,26 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise ConfigError(f"{file}: expected a mapping of sections {list(SECTIONS)}")
-    config = load_config_dict(apply_overrides(data, overrides), source=str(file))
-    if config.run.name is None:  # resolved here, so the written config keeps it
-        run = config.run.model_copy(update={"name": config.name})
-        config = config.model_copy(update={"run": run})
-    return config
+    return dict(data)
+
+
+def _merged(base: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:
+    """`data` laid over `base`: mappings merge key by key, other values replace."""
+    result = copy.deepcopy(dict(base))
+    for key, value in data.items():
+        old = result.get(key)
+        if key == "env" and isinstance(old, dict) and isinstance(value, Mapping):
+            old = dict(old)
+            for bucket in _BUCKET_KEYS:
+                if value.get(bucket) is not None:
+                    _replace_buckets(old, bucket, value[bucket])
+            if isinstance(value.get("reward"), str):  # the kind-string shorthand
+                value = {**value, "reward": {"kind": value["reward"]}}
+        if isinstance(old, Mapping) and isinstance(value, Mapping):
+            result[key] = _merged(old, value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
 
 
 def load_config_dict(data: Mapping[str, Any], source: str = "<dict>") -> TrainConfig:
@@ -613,19 +656,30 @@ def make_schedule(spec: Mapping[str, Any]) -> Callable[[float], float]:
     return (LinearSchedule if spec["kind"] == "linear" else ConstantSchedule)(**values)
 
 
-def _check_split(name: str, path: str, *, load: bool = True) -> None:
-    """Refuses the heldout split, and (with `load`) a split that does not load."""
-    if name == HELDOUT_SPLIT or Path(name).stem == HELDOUT_SPLIT:
+def _check_split(name: str, path: str) -> None:
+    """Refuses a held-out split, or one that does not load or names held-out families."""
+    if Path(name).stem.startswith(HELDOUT_PREFIX):
         raise ConfigError(
-            f"{path} names {name!r}: the {HELDOUT_SPLIT} split is reserved for final "
+            f"{path} names {name!r}: held-out splits are reserved for final "
             "evaluation (hyperpilot evaluate) and never used in training; "
             "use train for env.split and val for eval.split"
         )
     try:
-        if load:
-            load_split(name)
+        specs = load_split(name)
     except ValueError as error:
         raise ConfigError(f"{path}: {error}") from None
+    for spec in specs:
+        _refuse_heldout(spec.family, f"{path} ({name})")
+
+
+def _refuse_heldout(family: str, path: str) -> None:
+    """Refuses a family that only held-out splits list (`heldout_families`)."""
+    if family in heldout_families():
+        raise ConfigError(
+            f"{path} names the held-out family {family!r}: held-out tasks judge a "
+            "pilot and are never trained or validated on; choose a family of the "
+            "train or val split"
+        )
 
 
 def _given(model: BaseModel, data: Mapping[str, Any]) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from hyperpilot.envs.tasks.splits import (
     parse_families,
 )
 from hyperpilot.envs.torch_run import TorchOptimizerRun
-from hyperpilot.runtime import UserError, atomic_write_text
+from hyperpilot.runtime import UserError, atomic_write_text, make_folder
 
 
 @dataclass(frozen=True)
@@ -324,7 +324,7 @@ def evaluate(
         UserError: If `out` holds jobs of another evaluation.
     """
     bundle = load_bundle(bundle_ref)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out, "--out")
     _check_same_evaluation(out, bundle, init_lr)
     variant = bundle.fingerprint + ("" if validation else "-noval")
     jobs = plan(methods, tasks, seeds, variant)

@@ -38,6 +38,35 @@ def configure_process(threads: int = 1) -> None:
     torch.set_flush_denormal(True)
 
 
+def make_folder(path: Path, what: str) -> Path:
+    """Creates the folder `path` (and its parents) or says in one line why not.
+
+    Args:
+        path: The folder.
+        what: How the user named it, for the message (e.g. `--out`).
+
+    Raises:
+        UserError: If `path` (or a parent) is a file, or it cannot be created or
+            written to.
+    """
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(
+            f"{what} {path} is a file, not a folder; choose a folder"
+        ) from None
+    except OSError as error:
+        raise UserError(
+            f"{what} {path} cannot be created ({error.strerror}); choose a folder "
+            "you can write to"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{what} {path} is not writable; choose a folder you can write to"
+        )
+    return path
+
+
 def _fsync(path: Path) -> None:
     descriptor = os.open(path, os.O_RDONLY)
     try:

@@ -7,6 +7,9 @@ the run folder is written, and reported as a `UserError`.
 
 from __future__ import annotations
 
+import inspect
+import re
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +21,8 @@ from hyperpilot.agents.checkpoints import find_checkpoint
 from hyperpilot.agents.ppo import TrainResult, check_init_bundle, export_pilot, train
 from hyperpilot.bundle import BundleError, PolicyBundle
 from hyperpilot.config import TrainConfig, dump_config, load_config
-from hyperpilot.runtime import UserError
+from hyperpilot.envs.settings import resolve_device
+from hyperpilot.runtime import UserError, atomic_write_text, make_folder
 
 CONFIG_FILE = "config.yaml"
 COMMAND_FILE = "command.txt"
@@ -27,9 +31,44 @@ COMMAND_FILE = "command.txt"
 def default_run_dir(
     config: TrainConfig, runs_root: Path, run_name: str | None = None
 ) -> Path:
-    """`runs_root/<run_name>`, by default `<config>__s<seed>__<unix time>`."""
+    """`runs_root/<run_name>`, by default `<config>__s<seed>__<unix time>`.
+
+    Raises:
+        UserError: If `run_name` is not a plain folder name (it would write
+            elsewhere than under `runs_root`).
+    """
+    if run_name is not None and (
+        not re.fullmatch(r"[\w.-]+", run_name) or run_name in (".", "..")
+    ):
+        raise UserError(
+            f"--run-name {run_name!r} must be a folder name (letters, digits, _ . -) "
+            "inside --runs-root"
+        )
     name = run_name or f"{config.name}__s{config.run.seed}__{int(time.time())}"
     return runs_root / name
+
+
+def check_runnable(config: TrainConfig) -> None:
+    """Refuses, before anything is written, what would fail or surprise later.
+
+    Raises:
+        UserError: For a device this machine lacks (inner runs or policy), or a
+            budget below one PPO rollout (SB3 would run a whole rollout anyway).
+    """
+    config.env.settings(config.run.device)  # ConfigError (a UserError) if absent
+    try:
+        resolve_device(config.run.policy_device)
+    except ValueError as error:
+        raise UserError(f"run.policy_device: {error}") from None
+    sb3_default = inspect.signature(PPO).parameters["n_steps"].default
+    n_steps = int(config.ppo.kwargs().get("n_steps", sb3_default))
+    rollout = n_steps * config.env.n
+    if config.run.total_timesteps < rollout:
+        raise UserError(
+            f"run.total_timesteps={config.run.total_timesteps} is below one PPO "
+            f"rollout (ppo.n_steps {n_steps} x env.n {config.env.n} = {rollout} "
+            f"meta-env steps); ask for at least {rollout}"
+        )
 
 
 def load_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> TrainConfig:
@@ -40,7 +79,7 @@ def load_run_config(run_dir: Path, overrides: Sequence[str] = ()) -> TrainConfig
     """
     if not (run_dir / CONFIG_FILE).is_file():
         raise UserError(f"{run_dir} is not a run folder (no {CONFIG_FILE})")
-    return load_config(run_dir / CONFIG_FILE, overrides)
+    return load_config(run_dir / CONFIG_FILE, overrides, onto_default=False)
 
 
 def _init_bundle(config: TrainConfig, init_from: str | None) -> PolicyBundle | None:
@@ -84,6 +123,7 @@ def run(
             options the cluster cannot serve.
     """
     bundle = _init_bundle(config, init_from)
+    check_runnable(config)
     if not resume and run_dir.exists():
         raise UserError(f"run folder {run_dir} exists; choose another --run-name")
     started = False
@@ -99,9 +139,7 @@ def run(
         if resume:
             command = (run_dir / COMMAND_FILE).read_text().strip()
         else:
-            run_dir.mkdir(parents=True)
-            dump_config(config, run_dir / CONFIG_FILE)
-            (run_dir / COMMAND_FILE).write_text(command + "\n")
+            _new_run_folder(run_dir, config, command)
         log(f"run folder: {run_dir}")
         return train(
             config,
@@ -114,6 +152,18 @@ def run(
     finally:
         if started:
             ray_backend.shutdown()
+
+
+def _new_run_folder(run_dir: Path, config: TrainConfig, command: str) -> None:
+    """`run_dir` with config.yaml and command.txt, whole or not at all."""
+    make_folder(run_dir.parent, "--runs-root")
+    try:
+        run_dir.mkdir()
+        dump_config(config, run_dir / CONFIG_FILE)
+        atomic_write_text(run_dir / COMMAND_FILE, command + "\n")
+    except OSError as error:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise UserError(f"cannot write the run folder {run_dir}: {error}") from None
 
 
 def export(

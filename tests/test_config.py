@@ -18,7 +18,7 @@ from hyperpilot.envs import BatchedTrainingVecEnv
 from hyperpilot.envs.episodes import InitRanges
 from hyperpilot.envs.reward import RewardConfig
 from hyperpilot.envs.settings import EnvSettings
-from hyperpilot.envs.tasks.splits import CONFIGS_DIR
+from hyperpilot.envs.tasks.splits import CONFIGS_DIR, heldout_families
 from hyperpilot.schema import StrictModel, fields_of, one_line
 
 
@@ -189,13 +189,52 @@ def test_refused_ppo_keys_point_to_their_section(key, where):
         {"env": {"split": "heldout"}},
         {"env": {"split": str(CONFIGS_DIR / "tasks" / "heldout.yaml")}},
         {"eval": {"split": "heldout"}},
-        {"env": {"groups": [{"family": "heldout", "n": 2}]}},
     ],
-    ids=["env-split", "env-split-path", "eval-split", "group"],
+    ids=["env-split", "env-split-path", "eval-split"],
 )
 def test_heldout_split_is_refused(data):
-    with pytest.raises(ConfigError, match="heldout split is reserved for final"):
+    with pytest.raises(ConfigError, match="held-out splits are reserved for final"):
         load_config_dict(data)
+
+
+HELDOUT_FAMILY = sorted(heldout_families())[0]
+
+
+@pytest.mark.parametrize(
+    ("data", "path"),
+    [
+        ({"env": {"family": HELDOUT_FAMILY}}, "env.family"),
+        (
+            {
+                "env": {
+                    "groups": [
+                        {"family": "quadratic_2d", "n": 2},
+                        {"family": HELDOUT_FAMILY, "n": 2},
+                    ]
+                }
+            },
+            "env.groups[1]",
+        ),
+        ({"env": {"split": "USER_SPLIT"}}, "env.split"),
+        ({"eval": {"split": "USER_SPLIT"}}, "eval.split"),
+    ],
+    ids=["env-family", "env-group", "own-split-file", "own-eval-split"],
+)
+def test_heldout_families_are_refused_wherever_named(tmp_path, data, path):
+    split = tmp_path / "mine.yaml"
+    split.write_text(f"families:\n  - family: {HELDOUT_FAMILY}\n")
+    text = yaml.safe_dump(data).replace("USER_SPLIT", str(split))
+    with pytest.raises(ConfigError, match="held-out family") as error:
+        load_config_dict(yaml.safe_load(text))
+    assert str(error.value).startswith(path)
+    assert HELDOUT_FAMILY in str(error.value)
+
+
+def test_heldout_families_come_from_the_split_files(tmp_path):
+    (tmp_path / "train.yaml").write_text("families:\n  - family: a\n")
+    (tmp_path / "heldout.yaml").write_text("families:\n  - family: a\n  - family: b\n")
+    (tmp_path / "heldout_v1.yaml").write_text("families:\n  - family: c\n")
+    assert heldout_families(tmp_path) == {"b", "c"}  # a serves meta-training
 
 
 def test_overrides_apply_before_validation():
@@ -569,3 +608,20 @@ def test_training_and_the_env_keep_their_own_val_drop_prob():
     assert load_config_dict({}).env.val_drop_prob == 0.2
     for name in available_configs():
         assert load_config(name).env.settings("cpu").val_drop_prob == 0.2
+
+
+def test_an_empty_or_partial_config_resolves_onto_default_yaml(tmp_path):
+    default = load_config("default").to_dict()
+    empty = load_config(write(tmp_path, "", "empty.yaml")).to_dict()
+    assert empty["run"].pop("name") == "empty"
+    default["run"].pop("name")
+    assert empty == default  # not SB3's defaults (n_steps 2048 per run)
+    partial = load_config(
+        write(
+            tmp_path, "env: {family: mlp_digits, reward: val_loss}\nppo: {n_steps: 8}"
+        )
+    ).to_dict()
+    assert partial["env"]["split"] is None and partial["env"]["family"] == "mlp_digits"
+    assert partial["env"]["reward"] == {**default["env"]["reward"], "kind": "val_loss"}
+    assert partial["ppo"]["n_steps"] == 8
+    assert partial["ppo"]["batch_size"] == default["ppo"]["batch_size"]

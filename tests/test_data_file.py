@@ -251,7 +251,7 @@ def case_target_not_found(tmp_path):
 
 def case_target_case_mismatch(tmp_path):
     path = write_csv(tmp_path / "t.csv", HEADER, good_rows())
-    return {"path": path, "target": "Label"}, "Did you mean target='label'"
+    return {"path": path, "target": "Label"}, "Did you mean --target label"
 
 
 def case_non_numeric(tmp_path):

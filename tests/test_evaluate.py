@@ -252,3 +252,24 @@ def test_job_paths_are_stable(tmp_path):
     pilot = Job(task, 3, "pilot", "0123abcd4567-noval").path(tmp_path)
     assert pilot.parent.name == "0123abcd4567-noval"
     assert pilot.parent.parent.name == "pilot"
+
+
+def test_default_methods_say_which_libraries_are_missing(
+    tiny_bundle, tmp_path, capsys, monkeypatch
+):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (
+            None if name in ("schedulefree", "prodigyopt") else real(name, *a)
+        ),
+    )
+    args = ["evaluate", "--pilot", str(tiny_bundle), "--family", "quadratic_2d"]
+    args += ["--kw", "horizon=20", "--seeds", "1", "--out", str(tmp_path / "o")]
+    assert main([*args, "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "note: schedulefree, prodigy left out" in out
+    assert "hyperpilot[baselines]" in out

@@ -328,8 +328,8 @@ def _load_npz(path: Path, target: str) -> tuple[np.ndarray, np.ndarray, tuple]:
     if target not in ("label", "y"):
         _fail(
             path,
-            f"an .npz file always uses array 'y' as the target; leave target at its "
-            f"default or set target='y' (got {target!r})",
+            f"an .npz file always uses array 'y' as the target; leave --target "
+            f"(target= in Python) out or set it to y (got {target!r})",
         )
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -428,7 +428,7 @@ def _check_header(path: Path, header: list[str], target: str) -> None:
     if target not in header:
         lowered = {name.lower(): name for name in header}
         close = difflib.get_close_matches(target.lower(), list(lowered), n=1)
-        hint = f" Did you mean target={lowered[close[0]]!r}?" if close else ""
+        hint = f" Did you mean --target {lowered[close[0]]}?" if close else ""
         shown = ", ".join(map(repr, header[:20]))
         if len(header) > 20:
             shown += f", ... ({len(header) - 20} more)"
@@ -438,7 +438,7 @@ def _check_header(path: Path, header: list[str], target: str) -> None:
         _fail(
             path,
             f"target column {target!r} not found; columns: {shown}.{hint}{sep} "
-            "Pass target=<column name>",
+            "Pass --target COLUMN (target= in Python)",
         )
     if len(header) < 2:
         _fail(path, "has only the target column; it needs at least one feature")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -61,6 +62,7 @@ def make_family(name: str, **kwargs: Any) -> TaskFamily:
             )
         factory = _FAMILIES[name]
         family_name = name
+    _check_knob_names(factory, family_name, kwargs)
     try:
         family = factory(**kwargs)
     except TypeError as error:
@@ -69,7 +71,41 @@ def make_family(name: str, **kwargs: Any) -> TaskFamily:
         raise ValueError(f"{name!r} did not build a TaskFamily (got {type(family)})")
     if not family.name:
         family.name = family_name
+    _check_horizon(family, family_name)
     return family
+
+
+def _check_knob_names(
+    factory: Callable[..., TaskFamily], name: str, kwargs: dict[str, Any]
+) -> None:
+    """An unknown knob is named with the family's knobs (and a close match)."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return  # no signature to read: the call itself will tell
+    if any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        return
+    knobs = [k for k, p in parameters.items() if p.kind is not p.VAR_POSITIONAL]
+    for key in kwargs:
+        if key not in knobs:
+            close = difflib.get_close_matches(key, knobs, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"task family {name!r} has no knob {key!r}{hint}; its knobs: "
+                f"{', '.join(knobs) or 'none'}"
+            )
+
+
+def _check_horizon(family: TaskFamily, name: str) -> None:
+    """A `horizon` knob (a value or `[low, high]`) must allow at least one step."""
+    spec = getattr(family, "horizon", None)
+    if spec is None:
+        return
+    values = [spec] if isinstance(spec, int | float) else list(spec)
+    if not values or any(isinstance(v, bool) or not v >= 1 for v in values):
+        raise ValueError(
+            f"task family {name!r}: horizon must be >= 1 inner step, got {spec!r}"
+        )
 
 
 def _import(path: str) -> Callable[..., TaskFamily]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,3 +83,23 @@ def parse_families(entries: object, source: Path) -> list[FamilySpec]:
         kwargs = {k: v for k, v in entry.items() if k != "family"}
         specs.append(FamilySpec(str(entry["family"]), kwargs))
     return specs
+
+
+HELDOUT_PREFIX = "heldout"
+"""Split files named `heldout*.yaml` hold the final judgement's tasks."""
+
+
+@functools.cache
+def heldout_families(folder: Path | None = None) -> frozenset[str]:
+    """Families a training config may never name, read from the split files.
+
+    A family is held out when a held-out split (`configs/tasks/heldout*.yaml`) lists
+    it and no other split there (train, val, smoke) does: the same family may serve
+    meta-training in one split and be a held-out task of an older one.
+    """
+    folder = folder or CONFIGS_DIR / "tasks"
+    listed: dict[bool, set[str]] = {True: set(), False: set()}
+    for path in sorted(folder.glob("*.yaml")):
+        specs = load_split(path)
+        listed[path.stem.startswith(HELDOUT_PREFIX)].update(s.family for s in specs)
+    return frozenset(listed[True] - listed[False])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import random
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from hyperpilot.envs.tasks import (
@@ -20,6 +22,7 @@ from hyperpilot.envs.tasks import (
     register_family,
     registry,
 )
+from hyperpilot.envs.tasks.base import SeededDropout, build_model
 from hyperpilot.envs.tasks.splits import available_splits, load_split
 
 NEEDS_ARGUMENTS = {"data_file"}  # needs path=...; see tests/test_data_file.py
@@ -89,7 +92,6 @@ def test_forward_and_backward_are_finite(name):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_instance_contract(name):
     instance = sample(name)
-    assert not list(instance.model.buffers())
     for field in DATA_FIELDS:
         tensor = getattr(instance, field)
         if field.startswith("x"):
@@ -103,6 +105,11 @@ def test_instance_contract(name):
     assert 0 < instance.batch_size <= len(instance.x_train)
     assert instance.horizon > 0
     assert 0 <= instance.data_seed < 2**62
+    assert instance.weight_decay >= 0
+    x, y = minibatch(instance)
+    with torch.no_grad():  # the loss contract: bounded below by 0
+        assert instance.loss(instance.model.train()(x), y) >= 0
+        assert instance.loss(instance.model.eval()(instance.x_val), instance.y_val) >= 0
     if instance.accuracy is not None:
         with torch.no_grad():
             share = instance.accuracy(instance.model(instance.x_val), instance.y_val)
@@ -175,21 +182,20 @@ def test_val_and_test_data_differ_from_train(name):
 def test_stacked_vmap_matches_the_plain_model(name):
     """The engine's batched gradient equals each instance's own autograd gradient."""
     instances = [sample(name, seed=s) for s in (11, 12)]
-    base = copy.deepcopy(instances[0].model).to("meta")
+    base = copy.deepcopy(instances[0].model).to("meta").train()
     loss_fn = instances[0].loss
 
-    def loss_of(params, x, y):
-        return loss_fn(functional_call(base, params, (x,)), y)
+    def loss_of(params, buffers, x, y):
+        return loss_fn(functional_call(base, (params, buffers), (x,)), y)
 
     params, buffers = stack_module_state([i.model for i in instances])
-    assert not buffers
     batches = [minibatch(i) for i in instances]
     x = torch.stack([b[0] for b in batches])
     y = torch.stack([b[1] for b in batches])
-    grads, losses = vmap(grad_and_value(loss_of))(params, x, y)
+    grads, losses = vmap(grad_and_value(loss_of))(params, buffers, x, y)
 
     for index, instance in enumerate(instances):
-        model = instance.model
+        model = instance.model.train()
         model.zero_grad()
         loss = instance.loss(model(batches[index][0]), batches[index][1])
         loss.backward()
@@ -198,6 +204,159 @@ def test_stacked_vmap_matches_the_plain_model(name):
             torch.testing.assert_close(
                 grads[param_name][index], param.grad, rtol=1e-4, atol=1e-6
             )
+
+
+def _norm_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(3, 4), nn.BatchNorm1d(4), nn.LayerNorm(4), nn.Linear(4, 2)
+    )
+
+
+def test_build_model_gives_norm_layers_their_defaults():
+    model = build_model(_norm_net, torch.Generator().manual_seed(0), init_scale=2.0)
+    linear, batch_norm, layer_norm, _ = model
+    for norm in (batch_norm, layer_norm):
+        assert torch.equal(norm.weight, torch.ones(4))
+        assert torch.equal(norm.bias, torch.zeros(4))
+    assert torch.equal(batch_norm.running_mean, torch.zeros(4))
+    assert torch.equal(batch_norm.running_var, torch.ones(4))
+    assert int(batch_norm.num_batches_tracked) == 0
+    assert 0.5 < linear.weight.abs().max() <= 2.0 / 3**0.5  # init_scale / sqrt(3)
+
+
+def test_build_model_draws_as_before_around_norm_layers():
+    """Norm layers draw nothing: the other layers get the draws of a net without."""
+    plain = build_model(
+        lambda: nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)),
+        torch.Generator().manual_seed(0),
+    )
+    normed = build_model(_norm_net, torch.Generator().manual_seed(0))
+    assert torch.equal(plain[0].weight, normed[0].weight)
+    assert torch.equal(plain[1].bias, normed[3].bias)
+
+
+class _ConstantBuffer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("table", torch.arange(3.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.table
+
+
+def test_build_model_refuses_a_buffer_it_cannot_initialize():
+    with pytest.raises(ValueError, match=r"'1\.table' of _ConstantBuffer.*forward"):
+        build_model(
+            lambda: nn.Sequential(nn.Linear(3, 3), _ConstantBuffer()),
+            torch.Generator(),
+        )
+
+
+@pytest.mark.parametrize("weight_decay", [-0.1, float("inf"), float("nan")])
+def test_an_instance_refuses_a_bad_weight_decay(weight_decay):
+    instance = sample("quadratic_2d")
+    with pytest.raises(ValueError, match="weight_decay of a 'quadratic_2d' instance"):
+        dataclasses.replace(instance, weight_decay=weight_decay)
+
+
+# --- SeededDropout ------------------------------------------------------------
+
+
+def _dropout(p: float, seed: int) -> SeededDropout:
+    module = SeededDropout(p)
+    module.reset_buffers(torch.Generator().manual_seed(seed))
+    return module
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_seeded_dropout_drops_at_its_rate_and_scales_the_rest(p):
+    x = torch.rand(400, 500, dtype=torch.float64, generator=torch.Generator()) + 1
+    out = _dropout(p, seed=0)(x)
+    dropped = out == 0
+    rate = round(p * 256) / 256  # p rounded to whole bytes
+    assert abs(p - rate) <= 1 / 512
+    assert (
+        abs(float(dropped.double().mean()) - rate)
+        < 5 * (rate * (1 - rate) / x.numel()) ** 0.5
+    )
+    torch.testing.assert_close(
+        out[~dropped], x[~dropped] / (1 - rate), rtol=1e-15, atol=0
+    )
+
+
+def test_seeded_dropout_masks_differ_between_seeds_and_steps_and_repeat_per_seed():
+    p, x = 0.5, torch.ones(256, 256)
+    first, twin, other = _dropout(p, 1), _dropout(p, 1), _dropout(p, 2)
+    masks = [first(x) == 0 for _ in range(3)]
+    assert first.counter == 3
+    for mask in masks:  # the same seed and counter give the same mask
+        assert torch.equal(twin(x) == 0, mask)
+    other_mask = other(x) == 0
+
+    def agreement(a, b):  # independent masks agree on about half the elements
+        return float((a == b).double().mean())
+
+    pairs = [(masks[0], masks[1]), (masks[1], masks[2]), (masks[0], other_mask)]
+    for a, b in pairs:
+        assert abs(agreement(a, b) - 0.5) < 0.01
+    # neighbours, within one hash word and across words, are independent too
+    flat = masks[0].flatten().double()
+    for lag in (1, 2, 4, 5):
+        both = float((flat[lag:] * flat[:-lag]).mean())
+        assert abs(both - 0.25) < 0.01, lag
+
+
+def test_seeded_dropout_is_the_identity_in_eval_mode_and_leaves_global_rngs_alone():
+    state = torch.random.get_rng_state()
+    module, x = _dropout(0.5, 0), torch.ones(8, 8)
+    assert not torch.equal(module(x), x)
+    module.eval()
+    assert module(x) is x
+    assert module.counter == 1  # eval calls draw nothing
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_seeded_dropout_under_vmap_draws_each_runs_own_masks():
+    modules = [_dropout(0.3, seed) for seed in (4, 5, 6)]
+    _, buffers = stack_module_state(modules)
+    base = copy.deepcopy(modules[0]).to("meta")
+    x = torch.ones(3, 10, 7)
+
+    def call(buffers, x):
+        return functional_call(base, buffers, (x,))
+
+    batched = vmap(call)(buffers, x)
+    assert buffers["counter"].tolist() == [1, 1, 1]
+    for index, module in enumerate(modules):
+        assert torch.equal(batched[index], module(x[index]))
+
+
+def test_build_model_seeds_each_dropout_and_keeps_the_weights_of_a_net_without():
+    def net(dropout: bool) -> nn.Module:
+        layers = [
+            nn.Linear(3, 4),
+            SeededDropout(0.5),
+            nn.Linear(4, 2),
+            SeededDropout(0.5),
+        ]
+        return nn.Sequential(
+            *(m for m in layers if dropout or isinstance(m, nn.Linear))
+        )
+
+    built = [
+        build_model(lambda: net(True), torch.Generator().manual_seed(0)) for _ in "ab"
+    ]
+    plain = build_model(lambda: net(False), torch.Generator().manual_seed(0))
+    first, second = built[0][1], built[0][3]
+    assert first.seed != second.seed and first.counter == second.counter == 0
+    assert built[1][1].seed == first.seed and built[1][3].seed == second.seed
+    assert torch.equal(plain[1].weight, built[0][2].weight)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, 0.999])
+def test_seeded_dropout_refuses_a_bad_rate(p):
+    with pytest.raises(ValueError, match="dropout p"):
+        SeededDropout(p)
 
 
 # --- free knobs ---------------------------------------------------------------

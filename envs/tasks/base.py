@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import abc
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import numpy as np
 import torch
 from torch import nn
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""`loss(output, target) -> scalar mean over the batch`; must be `torch.func.vmap`-able."""
+"""`loss(output, target) -> scalar mean over the batch`, >= 0; `torch.func.vmap`-able."""
 
 Range = float | int | Sequence[float]
 """A free knob: a fixed value, or `[low, high]` drawn per instance."""
@@ -25,19 +26,27 @@ class TaskInstance:
 
     Attributes:
         family: Name of the family that drew it.
-        model: An ordinary `torch.nn.Module` on the CPU, already initialized.
-            It has parameters only (no buffers), so runs can be stacked.
+        model: An ordinary `torch.nn.Module` on the CPU, already initialized. Its
+            parameters and buffers (BatchNorm running statistics, `SeededDropout`
+            state) are stacked per run; the engine runs it in `train()` mode for
+            the inner steps, where buffers are updated per run, and in `eval()`
+            mode for validation and test losses and accuracy. Its randomness must
+            come from its buffers (use `SeededDropout`, not `nn.Dropout`).
         x_train: Training inputs `[n_train, ...]`; feeds the inner steps.
         y_train: Training targets `[n_train, ...]`.
         x_val: Validation inputs; feed the observation and the reward.
         y_val: Validation targets.
         x_test: Test inputs; used only by evaluation.
         y_test: Test targets.
-        loss: `loss(output, target)`, the mean over the batch.
+        loss: `loss(output, target)`, the mean over the batch; bounded below by
+            0 (see `TaskFamily`).
         batch_size: Minibatch size of an inner step.
         horizon: Inner steps in one training run.
         data_seed: Seeds the run's minibatch order.
         accuracy: Optional `accuracy(output, target)` for classification tasks.
+        weight_decay: Decoupled weight decay of the inner optimizer (AdamW:
+            parameters shrink by `1 - lr * weight_decay` each step, on every
+            parameter); 0 gives Adam.
         knobs: The free knobs drawn for this instance (for logs and reports).
     """
 
@@ -54,7 +63,15 @@ class TaskInstance:
     horizon: int
     data_seed: int
     accuracy: LossFn | None = None
+    weight_decay: float = 0.0
     knobs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.weight_decay < math.inf:
+            raise ValueError(
+                f"weight_decay of a {self.family!r} instance must be a finite "
+                f"number >= 0, got {self.weight_decay}"
+            )
 
 
 class TaskFamily(abc.ABC):
@@ -62,8 +79,23 @@ class TaskFamily(abc.ABC):
 
     Subclasses take their knobs as constructor kwargs. *Shape knobs* (width, depth,
     batch size, data sizes) fix every tensor shape and are returned by `shape_key`;
-    *free knobs* (data subset, label noise, init scale, horizon) accept a value or a
-    `[low, high]` range and are drawn per instance in `sample`.
+    *free knobs* (data subset, label noise, init scale, horizon, weight decay)
+    accept a value or a `[low, high]` range and are drawn per instance in `sample`.
+    Everything about the model other than its parameter and buffer values (layer
+    sizes, dropout rates, norm momentum) is fixed per engine bucket: the engine runs
+    every instance with the first one's module structure, so such settings are
+    shape knobs.
+
+    The loss contract: a loss is >= 0, ideally with 0 as its best possible value.
+    Features, rewards and the divergence rule take logs and ratios of losses
+    (`ln(loss / first loss)`, `val loss > 100 x first loss`), which only mean
+    something for positive losses. Cross-entropy, MSE, a Poisson NLL with its
+    `lgamma(k + 1)` constant and a negative ELBO with a Bernoulli or categorical
+    likelihood all are; a Gaussian NLL with a learned variance, or an ELBO with a
+    Gaussian likelihood, can go below 0 (a density can exceed 1): fix the variance
+    or add a bound. The engine survives a loss of 0 (logs floor it at the smallest
+    positive number; a run whose first loss is 0 has no ratio rule), but the
+    features then carry little information.
     """
 
     name: ClassVar[str] = ""
@@ -108,6 +140,15 @@ def torch_generator(rng: np.random.Generator) -> torch.Generator:
     return torch.Generator().manual_seed(int(rng.integers(2**62)))
 
 
+_NORM_LAYERS: Final = (
+    nn.modules.batchnorm._NormBase,  # BatchNorm*d and InstanceNorm*d
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+)
+"""Layers whose own `reset_parameters` draws nothing: gain 1, shift 0, fresh stats."""
+
+
 def build_model(
     factory: Callable[[], nn.Module],
     generator: torch.Generator,
@@ -117,15 +158,25 @@ def build_model(
 
     The module is constructed on the meta device (no random draws), then every
     module's `weight` and `bias` are drawn uniform in `+-init_scale / sqrt(fan_in)`,
-    PyTorch's default scale for linear and convolution layers.
+    PyTorch's default scale for linear and convolution layers. Normalization layers
+    (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm) get their PyTorch
+    defaults instead: gain 1, shift 0 and fresh running statistics. Last, every
+    module with a `reset_buffers(generator)` method (such as `SeededDropout`) sets
+    its buffers, in module order.
+
+    Raises:
+        ValueError: If a buffer belongs to a module that cannot initialize it (a
+            meta-built buffer holds no values): compute such constants in
+            `forward`, or give the module a `reset_buffers(generator)` method.
     """
     with torch.device("meta"):
         model = factory()
     model = model.to_empty(device="cpu")
-    if any(True for _ in model.buffers()):
-        raise ValueError("task models must have parameters only (no buffers)")
     with torch.no_grad():
         for module in model.modules():
+            if isinstance(module, _NORM_LAYERS):
+                module.reset_parameters()
+                continue
             weight = getattr(module, "weight", None)
             if not isinstance(weight, nn.Parameter):
                 continue
@@ -134,7 +185,110 @@ def build_model(
             bias = getattr(module, "bias", None)
             if isinstance(bias, nn.Parameter):
                 bias.uniform_(-bound, bound, generator=generator)
+        # Buffers come last, so that a model without them draws what it always drew.
+        for name, module in model.named_modules():
+            if hasattr(module, "reset_buffers"):
+                module.reset_buffers(generator)
+            elif not isinstance(module, _NORM_LAYERS):
+                for buffer, _ in module.named_buffers(recurse=False):
+                    raise ValueError(
+                        f"buffer {'.'.join(filter(None, (name, buffer)))!r} of "
+                        f"{type(module).__name__} cannot be initialized by build_model:"
+                        " compute the constant in forward(), or give the module a "
+                        "reset_buffers(generator) method"
+                    )
     return model
+
+
+_MASK32: Final = 0xFFFFFFFF
+
+
+def _mix32(h: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit integer mix (xorshift-multiply), on int64 in `[0, 2**32)`.
+
+    Its odd multipliers stay below 2**31, so no int64 product overflows and every
+    device computes the same bits.
+    """
+    h = h ^ (h >> 16)
+    h = (h * 0x7FEB352D) & _MASK32
+    h = h ^ (h >> 15)
+    h = (h * 0x27D4EB2F) & _MASK32
+    return h ^ (h >> 16)
+
+
+def counter_bytes(
+    seed: torch.Tensor, counter: torch.Tensor, shape: torch.Size
+) -> torch.Tensor:
+    """Uniform random bytes for every element of `shape`, from a seed and a counter.
+
+    A counter-based generator: a key hashed from `(seed, counter)`, then word `i`
+    is `mix(i ^ key)`, whose four bytes serve four elements. Integer tensor ops
+    only, so it is deterministic on every device, works under `vmap` (one seed and
+    counter per run) and draws nothing from torch's RNGs. Four bytes per hash keep
+    it about as fast as `torch.rand` on the CPU.
+
+    Args:
+        seed: int64 scalar tensor (its low 62 bits are used).
+        counter: int64 scalar tensor, e.g. the number of draws so far (its low 32
+            bits are used).
+        shape: The shape of the result (fewer than 2**34 elements).
+
+    Returns:
+        uint8 tensor of `shape` on `seed`'s device.
+    """
+    numel = math.prod(shape)
+    key = _mix32((seed & _MASK32) ^ _mix32((seed >> 32) & _MASK32))
+    key = _mix32(key ^ _mix32(counter & _MASK32))
+    words = _mix32(torch.arange((numel + 3) // 4, device=seed.device) ^ key)
+    lanes = [((words >> shift) & 0xFF).to(torch.uint8) for shift in (0, 8, 16, 24)]
+    return torch.stack(lanes, -1).flatten()[:numel].view(shape)
+
+
+class SeededDropout(nn.Module):
+    """Dropout that draws its masks from its own buffers, never from a global RNG.
+
+    Use it in task models instead of `nn.Dropout`. In train mode each call drops
+    each element with probability `p` and scales the others by `1 / (1 - p)`, as
+    `nn.Dropout` does, with masks from `counter_bytes(seed, counter)`, then adds 1
+    to `counter`; in eval mode it is the identity. The buffers `seed` and `counter`
+    (int64 scalars) are stacked per run by the engine like any other buffer, so a
+    run's masks depend only on its own seed and step, never on the other runs in
+    its bucket; a plain `model(x)` call outside the engine draws the same masks.
+    `build_model` draws the seed from the instance's generator (`reset_buffers`).
+
+    The masks come from random bytes, so `p` is rounded to a multiple of 1/256
+    (0.1 drops 26/256 = 10.2%; the scaling uses the rounded rate). `p` is part of
+    the model's structure, fixed per engine bucket: make it a shape knob.
+
+    Args:
+        p: Probability of dropping an element, in `[0, 0.998)`.
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        self._drop_bytes = round(p * 256)
+        if not (0.0 <= p < 1.0 and self._drop_bytes < 256):
+            raise ValueError(f"dropout p must lie in [0, 0.998), got {p}")
+        self.p = float(p)
+        self.register_buffer("seed", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("counter", torch.zeros((), dtype=torch.int64))
+
+    def reset_buffers(self, generator: torch.Generator) -> None:
+        """Draws a new seed from `generator` and sets the counter to 0."""
+        self.seed.fill_(int(torch.randint(2**62, (), generator=generator)))
+        self.counter.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Drops elements of `x` in train mode; returns `x` itself in eval mode."""
+        if not self.training or self._drop_bytes == 0:
+            return x
+        keep = counter_bytes(self.seed, self.counter, x.shape) >= self._drop_bytes
+        self.counter.add_(1)
+        return x * (keep.to(x.dtype) * (256 / (256 - self._drop_bytes)))
+
+    def extra_repr(self) -> str:
+        """Shows `p` in the module's repr."""
+        return f"p={self.p}"
 
 
 def mlp(
@@ -236,8 +390,8 @@ def classification_instance(
         splits: `(x_train, y_train, x_val, y_val, x_test, y_test)`, clean integer
             labels.
         n_classes: Classes a flipped label is drawn from.
-        knobs: The drawn free knobs; reads `label_noise`, `init_scale` and
-            `horizon`, and is stored on the instance.
+        knobs: The drawn free knobs; reads `label_noise`, `init_scale`,
+            `horizon` and `weight_decay` (optional), and is stored on the instance.
         batch_size: Rows per inner step.
         generator: Source of the label flips and the initial weights.
         rng: Source of the data seed.
@@ -275,7 +429,8 @@ def instance_from_splits(
 ) -> TaskInstance:
     """Wraps a built model and `(x_train, y_train, x_val, y_val, x_test, y_test)`.
 
-    The horizon comes from `knobs["horizon"]`; the data seed is the last draw from
+    The horizon comes from `knobs["horizon"]`, the weight decay from
+    `knobs["weight_decay"]` (0 when absent); the data seed is the last draw from
     `rng`, so families that call this last keep their draw order.
     """
     x_train, y_train, x_val, y_val, x_test, y_test = splits
@@ -293,5 +448,6 @@ def instance_from_splits(
         horizon=knobs["horizon"],
         data_seed=int(rng.integers(2**62)),
         accuracy=accuracy,
+        weight_decay=knobs.get("weight_decay", 0.0),
         knobs=knobs,
     )

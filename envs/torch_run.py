@@ -7,7 +7,8 @@ answers the calls a controller rollout makes of a `BatchedEngine` with N = 1, so
 evaluation records both through the same loop. The optimizer sets its own step
 sizes: the hyperparameters a controller passes to `advance` are ignored, and the
 reported ones are what the optimizer used (Prodigy's lr times its estimate `d`;
-no clipping, so clip is infinite).
+no clipping, so clip is infinite). A task's weight decay is passed to the
+optimizer (as the engine applies it, decoupled, to Adam).
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ class TorchOptimizerRun:
         self.instance = instance
         self.families = [instance.family]
         self.model = copy.deepcopy(instance.model).to(self.device)
-        self.optimizer = self.optimizer_factory(self.model.parameters())
+        # The task's weight decay is part of the task: the optimizer applies it too.
+        decay = {"weight_decay": instance.weight_decay} if instance.weight_decay else {}
+        self.optimizer = self.optimizer_factory(self.model.parameters(), **decay)
         self.order = MinibatchOrder(
             1, len(instance.x_train), instance.batch_size, self.device
         )

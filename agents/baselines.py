@@ -21,6 +21,7 @@ from hyperpilot.envs.actions import (
     ACTION_RANGES,
     HPARAM_NAMES,
     LR_RANGE,
+    ActionBounds,
     Hyperparams,
     warmup_cosine,
 )
@@ -343,15 +344,20 @@ class RandomControl(PolicyController):
         action_mode: `compound` or `residual` (moves around the base schedule of
             `RunSpec.initial`).
         seed: Seeds the generator.
+        bounds: The action steps and ranges (the pilot's, to compare like with like).
     """
 
     name = "random"
 
     def __init__(
-        self, controlled: tuple[str, ...], action_mode: str, seed: int
+        self,
+        controlled: tuple[str, ...],
+        action_mode: str,
+        seed: int,
+        bounds: ActionBounds | None = None,
     ) -> None:
         self.generator = torch.Generator().manual_seed(seed)
-        super().__init__(self._draw, controlled, action_mode, "random")
+        super().__init__(self._draw, controlled, action_mode, "random", bounds)
 
     def _draw(self, features: torch.Tensor) -> torch.Tensor:
         shape = (features.shape[0], len(self.controlled))
@@ -525,7 +531,9 @@ class BlindControl(PolicyController):
     name = "blind"
 
     def __init__(self, bundle: PolicyBundle) -> None:
-        super().__init__(bundle.act, bundle.controlled, bundle.action_mode, "blind")
+        super().__init__(
+            bundle.act, bundle.controlled, bundle.action_mode, "blind", bundle.bounds
+        )
         names = bundle.feature_names
         if "progress" not in names:
             raise ValueError(f"the bundle's features {list(names)} lack 'progress'")

@@ -15,6 +15,7 @@ import torch
 
 from hyperpilot.envs.actions import (
     ACTION_MODES,
+    ActionBounds,
     Hyperparams,
     decode_in_run,
     validate_controlled,
@@ -139,6 +140,8 @@ class PolicyController:
         controlled: The hyperparameters the action columns move.
         action_mode: `compound` or `residual`.
         name: Shown in reports.
+        bounds: The action steps and ranges (a bundle's `bounds`; default: the
+            env's defaults).
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class PolicyController:
         controlled: tuple[str, ...],
         action_mode: str,
         name: str = "pilot",
+        bounds: ActionBounds | None = None,
     ) -> None:
         if action_mode not in ACTION_MODES:
             raise ValueError(
@@ -156,6 +160,7 @@ class PolicyController:
         self.controlled = validate_controlled(controlled)
         self.action_mode = action_mode
         self.name = name
+        self.bounds = bounds
         self.spec: RunSpec | None = None
 
     def reset(self, spec: RunSpec) -> None:
@@ -178,6 +183,7 @@ class PolicyController:
             state.total_steps,
             self.controlled,
             self.action_mode,
+            self.bounds,
         )
 
 

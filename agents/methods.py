@@ -89,12 +89,16 @@ class Method:
 
 def _pilot(ctx: MethodContext) -> Controller:
     bundle = ctx.bundle
-    return PolicyController(bundle.act, bundle.controlled, bundle.action_mode)
+    return PolicyController(
+        bundle.act, bundle.controlled, bundle.action_mode, bounds=bundle.bounds
+    )
 
 
 def _random(ctx: MethodContext) -> Controller:
     bundle = ctx.bundle
-    return baselines.RandomControl(bundle.controlled, bundle.action_mode, ctx.seed)
+    return baselines.RandomControl(
+        bundle.controlled, bundle.action_mode, ctx.seed, bundle.bounds
+    )
 
 
 def _schedule_free(ctx: MethodContext) -> OptimizerFactory:

@@ -531,6 +531,7 @@ class Pilot:
             torch.tensor([self._total]),
             self.controlled,
             self.action_mode,
+            self.bundle.bounds,
         )
         if not self._has_betas:
             new = Hyperparams(new.lr, self._hparams.beta1, new.clip)

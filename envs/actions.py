@@ -1,7 +1,9 @@
 """Hyperparameters on `[N]` tensors, and decoding of agent actions into them.
 
 An action is one entry in `[-1, 1]` per controlled hyperparameter. It moves the
-hyperparameter in log space by at most one *step* per decision:
+hyperparameter in log space by at most one *step* per decision, and the result is
+clamped to a range; `ActionBounds` holds both (the defaults below, the widest the
+package allows; a training config may narrow them, and a bundle carries its own):
 
 | name  | log-space coordinate | step per decision | clamped to     |
 |-------|----------------------|-------------------|----------------|
@@ -28,25 +30,74 @@ HPARAM_NAMES: Final[tuple[HParamName, ...]] = get_args(HParamName)
 ActionMode = Literal["compound", "residual"]
 ACTION_MODES: Final[tuple[ActionMode, ...]] = get_args(ActionMode)
 
-# Per-coordinate bounds in log space: (low, high, step per decision, sign of the action).
-_LOG_BOUNDS: Final = {
-    "lr": (-6.0, 0.0, 0.5, 1.0),
-    "beta1": (
-        -3.0,
-        math.log10(0.5),
-        0.25,
-        -1.0,
-    ),  # log10(1 - beta1): up means less momentum
-    "clip": (-2.0, 3.0, 0.5, 1.0),
-}
 LR_RANGE: Final = (1e-6, 1.0)
 BETA1_RANGE: Final = (0.5, 0.999)
 CLIP_RANGE: Final = (1e-2, 1e3)
 WARMUP_FRACTION: Final = 0.05
-ACTION_STEPS: Final = {name: bound[2] for name, bound in _LOG_BOUNDS.items()}
-"""Largest log10 move per decision of each hyperparameter."""
+ACTION_STEPS: Final = {"lr": 0.5, "beta1": 0.25, "clip": 0.5}
+"""The default largest log10 move per decision of each hyperparameter."""
 ACTION_RANGES: Final = {"lr": LR_RANGE, "beta1": BETA1_RANGE, "clip": CLIP_RANGE}
-"""Valid range of each hyperparameter."""
+"""The widest valid range of each hyperparameter (also the default bounds)."""
+# The sign that turns a positive action into a higher value of each coordinate:
+# log10(1 - beta1) falls when beta1 rises.
+_SIGNS: Final = {"lr": 1.0, "beta1": -1.0, "clip": 1.0}
+
+
+def _log_coordinate(name: str, value: float) -> float:
+    """The coordinate of a value; a power of ten lands on its integer exactly."""
+    z = math.log10(1.0 - value) if name == "beta1" else math.log10(value)
+    return float(round(z)) if abs(z - round(z)) < 1e-12 else z
+
+
+@dataclass(frozen=True)
+class ActionBounds:
+    """How far one decision moves each hyperparameter, and where it is clamped.
+
+    Attributes:
+        lr_step: Largest move of log10(lr) per decision.
+        beta1_step: Largest move of log10(1 - beta1) per decision.
+        clip_step: Largest move of log10(clip) per decision.
+        lr: The range lr is clamped to, inside [1e-6, 1].
+        beta1: The range beta1 is clamped to, inside [0.5, 0.999].
+        clip: The range clip is clamped to, inside [1e-2, 1e3].
+    """
+
+    lr_step: float = ACTION_STEPS["lr"]
+    beta1_step: float = ACTION_STEPS["beta1"]
+    clip_step: float = ACTION_STEPS["clip"]
+    lr: tuple[float, float] = LR_RANGE
+    beta1: tuple[float, float] = BETA1_RANGE
+    clip: tuple[float, float] = CLIP_RANGE
+
+    def __post_init__(self) -> None:
+        for name, step in self.steps().items():
+            if not 0.0 < step <= 3.0:
+                raise ValueError(
+                    f"{name}_step must be in (0, 3] (log10 units), got {step}"
+                )
+        for name, (low, high) in self.ranges().items():
+            widest_low, widest_high = ACTION_RANGES[name]
+            if not widest_low <= low < high <= widest_high:
+                raise ValueError(
+                    f"{name} range [{low}, {high}] must be ordered and inside "
+                    f"[{widest_low}, {widest_high}]"
+                )
+
+    def steps(self) -> dict[str, float]:
+        """`{name: largest log10 move per decision}`."""
+        return {"lr": self.lr_step, "beta1": self.beta1_step, "clip": self.clip_step}
+
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        """`{name: (low, high)}` of the hyperparameters' values."""
+        return {"lr": self.lr, "beta1": self.beta1, "clip": self.clip}
+
+    def log_box(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Lows and highs of the coordinates of `Hyperparams.log_coordinates`."""
+        corners = [
+            sorted(_log_coordinate(name, v) for v in values)
+            for name, values in self.ranges().items()
+        ]
+        return tuple(c[0] for c in corners), tuple(c[1] for c in corners)
 
 
 @dataclass(frozen=True)
@@ -73,11 +124,12 @@ class Hyperparams:
         )
 
     @classmethod
-    def from_log_coordinates(cls, z: torch.Tensor) -> Hyperparams:
-        """Inverse of `log_coordinates`, clamped to the valid ranges."""
-        low = z.new_tensor([b[0] for b in _LOG_BOUNDS.values()])
-        high = z.new_tensor([b[1] for b in _LOG_BOUNDS.values()])
-        z = torch.minimum(torch.maximum(z, low), high)
+    def from_log_coordinates(
+        cls, z: torch.Tensor, bounds: ActionBounds | None = None
+    ) -> Hyperparams:
+        """Inverse of `log_coordinates`, clamped to `bounds`' ranges (default: widest)."""
+        low, high = (bounds or DEFAULT_BOUNDS).log_box()
+        z = torch.minimum(torch.maximum(z, z.new_tensor(low)), z.new_tensor(high))
         power = torch.pow(10.0, z)
         return cls(lr=power[:, 0], beta1=1.0 - power[:, 1], clip=power[:, 2])
 
@@ -143,6 +195,7 @@ def decode_action(
     controlled: tuple[str, ...] = HPARAM_NAMES,
     mode: ActionMode = "compound",
     base: Hyperparams | None = None,
+    bounds: ActionBounds | None = None,
 ) -> Hyperparams:
     """Maps actions `[N, len(controlled)]` in `[-1, 1]` to new hyperparameters.
 
@@ -154,9 +207,10 @@ def decode_action(
             current value (compound) or their base value (residual).
         mode: `compound` (move from `current`) or `residual` (move from `base`).
         base: The base schedule's values now; required in residual mode.
+        bounds: Steps and ranges (default: `ActionBounds()`, the table above).
 
     Returns:
-        The new values, clamped to lr [1e-6, 1], beta1 [0.5, 0.999], clip [1e-2, 1e3].
+        The new values, clamped to `bounds`' ranges.
 
     Raises:
         ValueError: If the action's shape does not match or it holds NaN.
@@ -177,13 +231,14 @@ def decode_action(
         origin = current
     else:
         raise ValueError(f"action mode {mode!r} is invalid; choose from {ACTION_MODES}")
+    bounds = bounds or DEFAULT_BOUNDS
+    steps = bounds.steps()
     z = origin.log_coordinates()
     action = action.to(z.dtype).clamp(-1.0, 1.0)
     for column, name in enumerate(controlled):
         index = HPARAM_NAMES.index(name)
-        _, _, step, sign = _LOG_BOUNDS[name]
-        z[:, index] = z[:, index] + sign * step * action[:, column]
-    return Hyperparams.from_log_coordinates(z)
+        z[:, index] = z[:, index] + _SIGNS[name] * steps[name] * action[:, column]
+    return Hyperparams.from_log_coordinates(z, bounds)
 
 
 def decode_in_run(
@@ -194,6 +249,7 @@ def decode_in_run(
     total: torch.Tensor,
     controlled: tuple[str, ...] = HPARAM_NAMES,
     mode: ActionMode = "compound",
+    bounds: ActionBounds | None = None,
 ) -> Hyperparams:
     """`decode_action` for runs at inner step `step` of `total`, started at `initial`.
 
@@ -201,4 +257,8 @@ def decode_in_run(
     evaluation controllers and the deployed pilot all decode through here.
     """
     base = base_schedule(initial, step, total) if mode == "residual" else None
-    return decode_action(action, current, controlled, mode, base)
+    return decode_action(action, current, controlled, mode, base, bounds)
+
+
+DEFAULT_BOUNDS: Final = ActionBounds()
+"""The widest bounds, the env's default: the table of the module docstring."""

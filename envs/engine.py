@@ -321,6 +321,7 @@ class BatchedEngine:
             self.horizon,
             self.settings.controlled,
             self.settings.action_mode,
+            self.settings.action_bounds,
         )
 
     def act(self, action: torch.Tensor) -> Transition:

@@ -10,6 +10,7 @@ import torch
 from hyperpilot.envs.actions import (
     ACTION_MODES,
     HPARAM_NAMES,
+    ActionBounds,
     ActionMode,
     HParamName,
     validate_controlled,
@@ -36,6 +37,8 @@ class EnvSettings:
         action_mode: `compound` (deltas accumulate) or `residual` (deltas act on a
             warmup + cosine base schedule).
         controlled: Hyperparameters the action moves, a subset of (lr, beta1, clip).
+        action_bounds: How far a decision moves each hyperparameter and where it
+            is clamped (YAML: `{lr_step: 0.25, beta1: [0.8, 0.999]}`).
         reward: The reward definition.
         init: Ranges of the initial hyperparameters.
         val_drop_prob: Share of episodes whose observation hides validation.
@@ -51,6 +54,7 @@ class EnvSettings:
     decision_interval: int = 10
     action_mode: ActionMode = "compound"
     controlled: tuple[HParamName, ...] = HPARAM_NAMES
+    action_bounds: ActionBounds = field(default_factory=ActionBounds)
     reward: RewardConfig = field(default_factory=RewardConfig)
     init: InitRanges = field(default_factory=InitRanges)
     val_drop_prob: float = 0.0
@@ -95,6 +99,13 @@ class EnvSettings:
         if isinstance(kwargs.get("init"), dict):
             kwargs["init"] = InitRanges(
                 **{k: tuple(v) for k, v in kwargs["init"].items()}
+            )
+        if isinstance(kwargs.get("action_bounds"), dict):
+            kwargs["action_bounds"] = ActionBounds(
+                **{
+                    k: tuple(v) if isinstance(v, list | tuple) else v
+                    for k, v in kwargs["action_bounds"].items()
+                }
             )
         if "controlled" in kwargs:
             kwargs["controlled"] = tuple(kwargs["controlled"])

@@ -50,13 +50,15 @@ from hyperpilot.envs.actions import (
     ACTION_MODES,
     ACTION_RANGES,
     ACTION_STEPS,
+    DEFAULT_BOUNDS,
+    ActionBounds,
     validate_controlled,
 )
 from hyperpilot.envs.features import FEATURES_VERSION, N_FEATURES, OBS_NAMES
 from hyperpilot.envs.settings import EnvSettings
 from hyperpilot.runtime import UserError, replace_directory
 
-FORMAT_VERSION: Final = "1.0"
+FORMAT_VERSION: Final = "1.1"
 """`major.minor`: bump the major when an older package could misread a bundle."""
 
 META_FILE: Final = "pilot.json"
@@ -230,6 +232,8 @@ class PolicyBundle:
         fingerprint: 12 hex digits of the SHA-256 of `pilot.json` and the weights
             file: equal for equal bundles wherever they lie (evaluation caches
             a pilot's runs under it).
+        bounds: The action steps and ranges the policy was trained with: what its
+            actions mean.
     """
 
     meta: dict
@@ -239,6 +243,7 @@ class PolicyBundle:
     obs_clip: float
     obs_epsilon: float
     fingerprint: str = ""
+    bounds: ActionBounds = DEFAULT_BOUNDS
 
     @property
     def decision_interval(self) -> int:
@@ -313,6 +318,7 @@ class PolicyBundle:
             decision_interval=self.decision_interval,
             action_mode=self.action_mode,
             controlled=self.controlled,
+            action_bounds=self.bounds,
         )
 
 
@@ -399,8 +405,8 @@ def save_bundle(
         "action": {
             "mode": settings.action_mode,
             "controlled": list(settings.controlled),
-            "steps": dict(ACTION_STEPS),
-            "ranges": {k: list(v) for k, v in ACTION_RANGES.items()},
+            "steps": settings.action_bounds.steps(),
+            "ranges": {k: list(v) for k, v in settings.action_bounds.ranges().items()},
         },
         "decision_interval": int(settings.decision_interval),
         "default_clip": float(default_clip),
@@ -528,6 +534,7 @@ def load_bundle(path_or_name: str | Path) -> PolicyBundle:
         obs_clip=math.inf if norm is None else float(norm["clip"]),
         obs_epsilon=0.0 if norm is None else float(norm["epsilon"]),
         fingerprint=_fingerprint(meta_path, weights_path),
+        bounds=checked["bounds"],
     )
 
 
@@ -645,29 +652,16 @@ def _check_meta(meta: dict, meta_path: Path) -> dict[str, Any]:
         raise bad(f"action.controlled {controlled} is not in order {list(canonical)}")
     steps = get("action.steps", dict)
     ranges = get("action.ranges", dict)
-    for name in ACTION_STEPS:
-        step = steps.get(name)
-        low_high = ranges.get(name)
-        same = (
-            _is_number(step)
-            and math.isclose(step, ACTION_STEPS[name], rel_tol=1e-9)
-            and isinstance(low_high, list)
-            and len(low_high) == 2
-            and all(_is_number(v) for v in low_high)
-            and all(
-                math.isclose(a, b, rel_tol=1e-9)
-                for a, b in zip(low_high, ACTION_RANGES[name])
-            )
+    try:
+        bounds = ActionBounds(
+            **{f"{name}_step": steps[name] for name in ACTION_STEPS},
+            **{name: tuple(ranges[name]) for name in ACTION_RANGES},
         )
-        if not same:
-            # The package decodes actions with its own bounds: others would change
-            # what the policy's actions mean.
-            raise BundleError(
-                f"{meta_path}: the action bounds for {name} (step {step}, range "
-                f"{low_high}) differ from this package's (step {ACTION_STEPS[name]}, "
-                f"range {list(ACTION_RANGES[name])}); retrain the policy with this "
-                "package, or use the package version it was trained with"
-            )
+    except (KeyError, TypeError, ValueError) as error:
+        # The bounds say what an action means: without valid ones it has no meaning.
+        raise bad(
+            f"action steps {steps} or ranges {ranges} are invalid ({error})"
+        ) from None
     interval = get("decision_interval", int)
     if interval < 1:
         raise bad(f"decision_interval must be >= 1, got {interval}")
@@ -713,6 +707,7 @@ def _check_meta(meta: dict, meta_path: Path) -> dict[str, Any]:
         )
     return {
         "names": names,
+        "bounds": bounds,
         "controlled": controlled,
         "normalization": normalization,
         "net_arch": net_arch,

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from hyperpilot.envs.actions import (
+    ActionBounds,
     Hyperparams,
     base_schedule,
     decode_action,
@@ -97,3 +98,34 @@ def test_warmup_cosine_ramps_peaks_and_decays():
     base = base_schedule(current(), torch.tensor([50]), total)
     assert 1e-6 <= float(base.lr[0]) < 1e-3
     assert float(base.beta1[0]) == pytest.approx(0.9)
+
+
+def test_narrower_action_bounds_move_and_clamp_less():
+    bounds = ActionBounds(
+        lr_step=0.25, beta1_step=0.1, beta1=(0.8, 0.99), lr=(1e-4, 1e-2)
+    )
+    current = Hyperparams.full(2, 1e-3, 0.9, 1.0, dtype=torch.float64)
+    up = torch.tensor([[1.0, 1.0, 1.0], [-1.0, -1.0, -1.0]], dtype=torch.float64)
+    new = decode_action(up, current, bounds=bounds)
+    # by hand: log10 lr -3 +- 0.25; log10(1 - 0.9) = -1 -+ 0.1 (up means more momentum)
+    assert new.lr.tolist() == pytest.approx([10**-2.75, 10**-3.25])
+    assert new.beta1.tolist() == pytest.approx([1 - 10**-1.1, 1 - 10**-0.9])
+    far = decode_action(
+        up * 0 + 1, Hyperparams.full(2, 9e-3, 0.989, 1.0), bounds=bounds
+    )
+    assert far.lr.max().item() == pytest.approx(1e-2)  # clamped to the bounds' lr range
+    assert far.beta1.max().item() == pytest.approx(0.99)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"lr_step": 0.0}, "lr_step"),
+        ({"beta1": (0.4, 0.9)}, "beta1 range"),
+        ({"clip": (10.0, 1.0)}, "clip range"),
+    ],
+    ids=["zero-step", "beta1-below-0.5", "clip-unordered"],
+)
+def test_action_bounds_refuse_what_the_package_cannot_decode(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ActionBounds(**kwargs)

@@ -20,6 +20,7 @@ from hyperpilot.bundle import (
     describe_bundle,
     load_bundle,
 )
+from hyperpilot.envs.actions import Hyperparams, decode_action
 from hyperpilot.envs.features import FEATURES_VERSION, OBS_NAMES
 
 TRAINING = {
@@ -110,7 +111,7 @@ def test_pilot_json_holds_every_field(tmp_path):
     )
     path = _save(tmp_path / "pilot", model, venv, env, default_clip=3.0)
     meta = json.loads((path / "pilot.json").read_text())
-    assert meta["format_version"] == FORMAT_VERSION == "1.0"
+    assert meta["format_version"] == FORMAT_VERSION == "1.1"
     assert meta["package_version"] == __version__
     assert meta["features"] == {"version": FEATURES_VERSION, "names": list(OBS_NAMES)}
     assert meta["action"] == {
@@ -208,12 +209,13 @@ def test_save_refuses_to_replace_a_folder_that_is_not_a_bundle(tmp_path):
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
-        (lambda m: m.update(format_version="2.0"), r"format 2\.0.*reads format 1\.0"),
+        (lambda m: m.update(format_version="2.0"), r"format 2\.0.*reads format 1\.1"),
         (lambda m: m["features"].update(version=99), "features version 99"),
         (lambda m: m["features"]["names"].reverse(), "lists features"),
         (lambda m: m["policy"].update(net_arch=[8]), "does not match the architecture"),
         (lambda m: m["action"].update(controlled=["lr"]), "does not match"),
-        (lambda m: m["action"]["steps"].update(lr=1.0), "action bounds for lr"),
+        (lambda m: m["action"]["steps"].update(lr=-1.0), "lr_step must be"),
+        (lambda m: m["action"]["ranges"].update(beta1=[0.5, 1.5]), "beta1 range"),
         (lambda m: m.pop("decision_interval"), "lacks 'decision_interval'"),
         (lambda m: m["policy"].update(activation="swish"), "swish"),
         (lambda m: m["policy"].update(weights="actor.bin"), "refusing weights file"),
@@ -225,7 +227,8 @@ def test_save_refuses_to_replace_a_folder_that_is_not_a_bundle(tmp_path):
         "feature-names",
         "shape-mismatch",
         "action-count-mismatch",
-        "action-bounds",
+        "action-step-negative",
+        "action-range-too-wide",
         "missing-field",
         "unknown-activation",
         "unknown-weights-name",
@@ -237,6 +240,20 @@ def test_load_refuses_incompatible_bundles(saved, edit, match):
     with pytest.raises(BundleError, match=match) as error:
         load_bundle(saved)
     assert "pilot.json" in str(error.value) or "actor" in str(error.value)
+
+
+def test_a_bundle_acts_with_its_own_action_bounds(saved):
+    _edit_meta(saved, lambda m: m["action"]["steps"].update(lr=0.1))
+    _edit_meta(saved, lambda m: m["action"]["ranges"].update(beta1=[0.8, 0.99]))
+    bundle = load_bundle(saved)
+    assert bundle.bounds.lr_step == 0.1 and bundle.bounds.beta1 == (0.8, 0.99)
+    assert bundle.settings().action_bounds == bundle.bounds
+    hparams = Hyperparams.full(1, 1e-3, 0.9, 1.0, dtype=torch.float64)
+    up = torch.ones(1, len(bundle.controlled), dtype=torch.float64)
+    new = decode_action(up, hparams, bundle.controlled, bounds=bundle.bounds)
+    assert new.lr.item() == pytest.approx(1e-3 * 10**0.1)  # one step of 0.1 decades
+    if "beta1" in bundle.controlled:
+        assert 0.8 <= new.beta1.item() <= 0.99
 
 
 def test_minor_format_versions_load(saved):

@@ -625,3 +625,14 @@ def test_an_empty_or_partial_config_resolves_onto_default_yaml(tmp_path):
     assert partial["env"]["reward"] == {**default["env"]["reward"], "kind": "val_loss"}
     assert partial["ppo"]["n_steps"] == 8
     assert partial["ppo"]["batch_size"] == default["ppo"]["batch_size"]
+
+
+def test_action_bounds_are_env_keys_checked_by_the_env():
+    config = load_config(
+        "smoke", ["env.action_bounds={lr_step: 0.25, beta1: [0.8, 0.99]}"]
+    )
+    bounds = config.env.settings("cpu").action_bounds
+    assert bounds.lr_step == 0.25 and bounds.beta1 == (0.8, 0.99)
+    assert config.to_dict()["env"]["action_bounds"]["beta1"] == [0.8, 0.99]
+    with pytest.raises(ConfigError, match=r"^env\.action_bounds\.beta1"):
+        load_config("smoke", ["env.action_bounds.beta1=[0.3, 0.9]"])

@@ -226,7 +226,8 @@ class StopOnSignal(BaseCallback):
     """Turns SIGINT / SIGTERM into a clean stop: training ends after the current step.
 
     The caller then saves a checkpoint and says how to resume. The previous handlers
-    are restored when training ends.
+    are restored when training ends. The end of each rollout is also the fault
+    tests' `rollout` kill point (`hyperpilot.runtime.kill_point`).
     """
 
     def __init__(self) -> None:

@@ -353,8 +353,16 @@ def load_newest(
         if errors:
             note(f"note: skipped a broken checkpoint: {'; '.join(errors)}")
         return loaded
+    if step is not None and errors:
+        raise CheckpointError(
+            f"the checkpoint at step {step} of {run_dir} does not load: {errors[0]}; "
+            "choose another --checkpoint"
+        )
     if errors:
-        raise CheckpointError(f"no checkpoint of {run_dir} loads: {'; '.join(errors)}")
+        raise CheckpointError(
+            f"no checkpoint of {run_dir} loads: {'; '.join(errors)}; restore the "
+            "folder from a copy, or start a new run"
+        )
     legacy = [
         path
         for at, path in _steps(run_dir)

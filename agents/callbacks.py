@@ -6,6 +6,7 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure as PlotFigure
@@ -15,6 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from hyperpilot.agents.checkpoints import save_checkpoint
 from hyperpilot.agents.rollout import TRACE_KEYS, EpisodeTrace
+from hyperpilot.runtime import atomic_path, kill_point
 
 NOT_TEXT = ("stdout", "log", "json", "csv")
 """Logger formats to skip for records that are not text (figures, hparams)."""
@@ -79,9 +81,10 @@ class PeriodicCallback(BaseCallback):
         self._next = every
 
     def _init_callback(self) -> None:
-        # A resumed run continues its schedule from the restored step count.
+        # A resumed run continues its schedule from the restored step count (the
+        # callback's own `num_timesteps` is still 0 here: it is set at each step).
         if self.every > 0:
-            self._next = (self.num_timesteps // self.every + 1) * self.every
+            self._next = (self.model.num_timesteps // self.every + 1) * self.every
 
     def _on_step(self) -> bool:
         return True
@@ -96,15 +99,25 @@ class PeriodicCallback(BaseCallback):
 
 
 class CheckpointCallback(PeriodicCallback):
-    """Saves a complete checkpoint every `every` meta-env steps, keeping `keep`."""
+    """Saves a complete checkpoint every `every` meta-env steps, keeping `keep`.
 
-    def __init__(self, run_dir: Path, every: int, keep: int) -> None:
+    `states()` gives the other callbacks' `state_dict()`s by name, saved with it.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        every: int,
+        keep: int,
+        states: Callable[[], dict[str, dict[str, Any]]] = dict,
+    ) -> None:
         super().__init__(every)
         self.run_dir = run_dir
         self.keep = keep
+        self.states = states
 
     def _on_period(self) -> None:
-        save_checkpoint(self.run_dir, self.model, self.keep)
+        save_checkpoint(self.run_dir, self.model, self.keep, self.states())
 
 
 class ValidationCallback(PeriodicCallback):
@@ -115,14 +128,16 @@ class ValidationCallback(PeriodicCallback):
     `eval/diverged_frac`, draws the loss curves and the lr / beta1 / clip schedules
     into the Images tab, writes the same as scalars against the inner step under
     `eval/step_<N>/<task>_<i>/` (one TensorBoard folder per evaluation), and calls
-    `on_best()` when the mean final validation loss is the lowest so far.
+    `on_best(score)` when the mean final validation loss (the score) is the lowest
+    so far. The best score and the history (`evaluations.npz`) are its state: a
+    checkpoint saves them and a resume restores them.
     """
 
     def __init__(
         self,
         every: int,
         evaluate: Callable[[], list[EpisodeTrace]],
-        on_best: Callable[[], None],
+        on_best: Callable[[float], None],
         run_dir: Path,
         plots: bool = True,
     ) -> None:
@@ -134,6 +149,15 @@ class ValidationCallback(PeriodicCallback):
         self.best = float("inf")
         self.history: list[tuple[int, float, float]] = []
 
+    def state_dict(self) -> dict[str, Any]:
+        """The best score and the history `(step, mean reward, score)` so far."""
+        return {"best": self.best, "history": [list(h) for h in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continues from a `state_dict()`."""
+        self.best = float(state["best"])
+        self.history = [(int(s), float(r), float(v)) for s, r, v in state["history"]]
+
     def _on_period(self) -> None:
         traces = self.evaluate()
         ratios = np.array([t.final_val_ratio for t in traces])
@@ -144,12 +168,17 @@ class ValidationCallback(PeriodicCallback):
         self.logger.record("eval/final_val_loss", score)
         self.logger.record("eval/diverged_frac", float(np.mean(~np.isfinite(ratios))))
         self.history.append((self.num_timesteps, mean_reward, score))
-        np.savez(
-            self.run_dir / "evaluations.npz",
-            timesteps=[h[0] for h in self.history],
-            mean_reward=[h[1] for h in self.history],
-            final_val_loss=[h[2] for h in self.history],
-        )
+        with (
+            atomic_path(self.run_dir / "evaluations.npz") as temp,
+            temp.open("wb") as file,  # a path would get `.npz` appended
+        ):
+            np.savez(
+                file,
+                timesteps=[h[0] for h in self.history],
+                mean_reward=[h[1] for h in self.history],
+                final_val_loss=[h[2] for h in self.history],
+            )
+        kill_point("validation")
         if self.plots:
             figure = plot_traces(traces, f"validation at step {self.num_timesteps}")
             self.logger.record("eval/schedules", Figure(figure, close=True), NOT_TEXT)
@@ -158,7 +187,7 @@ class ValidationCallback(PeriodicCallback):
             )
         if score < self.best:
             self.best = score
-            self.on_best()
+            self.on_best(score)
 
 
 def plot_traces(traces: list[EpisodeTrace], title: str) -> PlotFigure:
@@ -197,7 +226,8 @@ class StopOnSignal(BaseCallback):
     """Turns SIGINT / SIGTERM into a clean stop: training ends after the current step.
 
     The caller then saves a checkpoint and says how to resume. The previous handlers
-    are restored when training ends.
+    are restored when training ends. The end of each rollout is also the fault
+    tests' `rollout` kill point (`hyperpilot.runtime.kill_point`).
     """
 
     def __init__(self) -> None:
@@ -214,6 +244,9 @@ class StopOnSignal(BaseCallback):
 
     def _on_step(self) -> bool:
         return self.received is None
+
+    def _on_rollout_end(self) -> None:
+        kill_point("rollout")  # after the rollout's validation and checkpoint
 
     def _on_training_end(self) -> None:
         for signum, handler in self._previous.items():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +16,7 @@ import yaml
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.logger import HParam, Logger, make_output_format
+from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import VecEnv, VecMonitor, VecNormalize
 
 from hyperpilot.agents.callbacks import (
@@ -24,11 +27,12 @@ from hyperpilot.agents.callbacks import (
     ValidationCallback,
 )
 from hyperpilot.agents.checkpoints import (
+    CHECKPOINTS,
     Checkpoint,
-    find_checkpoint,
+    LoadedCheckpoint,
     list_checkpoints,
     obs_stats,
-    restore_rng,
+    restore,
     save_checkpoint,
 )
 from hyperpilot.agents.rollout import EpisodeTrace, first_episodes
@@ -38,9 +42,14 @@ from hyperpilot.envs import BatchedTrainingVecEnv
 from hyperpilot.envs.ray_vec_env import RayVecEnv, WorkerDiedError
 from hyperpilot.envs.settings import EnvSettings
 from hyperpilot.envs.tasks.splits import load_split
+from hyperpilot.envs.training_env import action_space, observation_space
+from hyperpilot.runtime import restore_directory
 
 PILOT = "pilot"
 PILOT_BEST = "pilot-best"
+POLICY = "MlpPolicy"
+SCORE = "eval_final_val_loss"
+"""The key of `pilot-best/`'s validation score in its `training` record."""
 
 
 @dataclass(frozen=True)
@@ -129,27 +138,96 @@ def validator(
 
 
 def export_pilot(
-    model: PPO, config: TrainConfig, path: Path, command: str, obs_rms: dict | None
+    policy: ActorCriticPolicy,
+    config: TrainConfig,
+    path: Path,
+    *,
+    command: str,
+    obs_rms: dict | None,
+    timesteps: int,
+    score: float | None = None,
 ) -> Path:
-    """Writes the deployable bundle of `model` to `path`."""
+    """Writes the deployable bundle of `policy` to `path`.
+
+    Args:
+        policy: The PPO policy (`model.policy`).
+        config: The run's config.
+        path: The bundle folder.
+        command: The training command line, stored in the bundle.
+        obs_rms: The observation statistics as `obs_stats` gives them, or None.
+        timesteps: The meta-env step the policy was taken at.
+        score: Its validation score, kept in the bundle (`pilot-best/` keeps the
+            best score of the run this way).
+    """
     settings = config.env.settings(config.run.device)
     stats = None
     if obs_rms is not None and obs_rms.get("norm_obs", True):
         stats = _Stats(np.array(obs_rms["mean"]), np.array(obs_rms["var"]))
+    training = {"config": config.to_dict(), "command": command, "timesteps": timesteps}
+    if score is not None:
+        training[SCORE] = score
     return save_bundle(
         path,
-        policy=model.policy,
+        policy=policy,
         obs_rms=stats,
         clip_obs=float(obs_rms["clip_obs"]) if obs_rms else 10.0,
         epsilon=float(obs_rms["epsilon"]) if obs_rms else 1e-8,
         settings=settings,
         default_clip=default_clip(settings),
-        training={
-            "config": config.to_dict(),
-            "command": command,
-            "timesteps": int(model.num_timesteps),
-        },
+        training=training,
     )
+
+
+def bundle_score(path: Path) -> float | None:
+    """The validation score a bundle was saved with (None: none, or unreadable)."""
+    try:
+        score = json.loads((path / "pilot.json").read_text())["training"][SCORE]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(score) if isinstance(score, int | float) else None
+
+
+def build_model(config: TrainConfig, venv: VecEnv) -> PPO:
+    """A fresh PPO from the config; a resume then `restore`s its checkpoint into it."""
+    return PPO(
+        POLICY,
+        venv,
+        seed=config.run.seed,
+        device=config.run.policy_device,
+        verbose=config.logging.verbose,
+        **config.ppo.kwargs(),
+    )
+
+
+def build_policy(config: TrainConfig) -> ActorCriticPolicy:
+    """The policy `build_model` makes, alone on the CPU (no env), for `export`."""
+    kwargs = config.ppo.kwargs()
+    return PPO.policy_aliases[POLICY](
+        observation_space(),
+        action_space(config.env.settings("cpu")),
+        lambda _: 0.0,  # the learning rate of an optimizer never stepped
+        use_sde=bool(kwargs.get("use_sde", False)),
+        **(kwargs.get("policy_kwargs") or {}),
+    )
+
+
+def recover_run_folder(run_dir: Path) -> list[str]:
+    """Puts back what a crash inside a folder replacement left aside.
+
+    A kill between renaming an old `pilot/`, `pilot-best/` or checkpoint folder
+    aside and renaming the new one in leaves the old one hidden beside its place
+    (`hyperpilot.runtime.replace_directory`); a resume puts it back first, and
+    deletes the temporary folders of checkpoints a crash left unfinished.
+
+    Returns:
+        The folders put back.
+    """
+    for temp in (run_dir / CHECKPOINTS).glob(".tmp-step_*"):
+        shutil.rmtree(temp)  # a checkpoint the crash left unfinished
+    places = [run_dir / PILOT, run_dir / PILOT_BEST]
+    aside = (run_dir / CHECKPOINTS).glob(".step_*.old-*")
+    places += sorted({path.with_name(path.name[1:].split(".")[0]) for path in aside})
+    return [str(place) for place in places if restore_directory(place)]
 
 
 @dataclass(frozen=True)
@@ -227,72 +305,85 @@ def train(
     run_dir: Path,
     *,
     command: str,
-    resume: bool = False,
+    resume_from: LoadedCheckpoint | None = None,
     init_from: PolicyBundle | None = None,
     ray_workers: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Meta-trains (or resumes) a pilot; writes everything under `run_dir`.
 
+    A resume builds a fresh PPO from the config and restores into it what the run
+    had learned: weights, optimizer moments, step and update counts, episode
+    statistics, VecNormalize statistics, RNG states, the best validation score
+    (the better of the checkpoint's and `pilot-best/`'s), the evaluation history and
+    the callbacks' schedules. Its episodes start afresh (env state is not saved).
+
     Args:
         config: The resolved training config.
         run_dir: The run folder (exists; holds config.yaml when resuming).
         command: The command line, stored in the bundles.
-        resume: Continue from the newest checkpoint in `run_dir`.
+        resume_from: Continue from this checkpoint (`load_newest(run_dir)`).
         init_from: A bundle (checked with `check_init_bundle`) to start the actor from.
         ray_workers: `RayVecEnv`'s `workers` and `gpus_per_worker`: the inner runs
             go to Ray actors. When one dies, the run ends with a checkpoint and
             `worker_died` set.
 
     Raises:
-        ValueError: For a run folder without checkpoints when resuming.
+        CheckpointError: If `resume_from` does not fit the config's model.
     """
-    if resume:
-        checkpoint = find_checkpoint(run_dir)
-        suffix = f"_resume{checkpoint.step}"
-        venv = build_venv(config, run_dir, f"resume{checkpoint.step}", ray_workers)
-        if checkpoint.vecnormalize is not None:
-            venv = VecNormalize.load(str(checkpoint.vecnormalize), venv.venv)
-        model = PPO.load(checkpoint.model, env=venv, device=config.run.policy_device)
-        restore_rng(checkpoint)
-    else:
-        suffix = ""
-        venv = build_venv(config, run_dir, "train", ray_workers)
-        model = PPO(
-            "MlpPolicy",
-            venv,
-            seed=config.run.seed,
-            device=config.run.policy_device,
-            verbose=config.logging.verbose,
-            **config.ppo.kwargs(),
-        )
-        if init_from is not None:
-            init_from_bundle(model, venv, init_from)
+    suffix = "" if resume_from is None else f"_resume{resume_from.step}"
+    monitor = "train" if resume_from is None else f"resume{resume_from.step}"
+    venv = build_venv(config, run_dir, monitor, ray_workers)
+    model = build_model(config, venv)
+    if resume_from is not None:
+        try:
+            restore(model, resume_from)
+        except BaseException:
+            venv.close()
+            raise
+    elif init_from is not None:
+        init_from_bundle(model, venv, init_from)
     model.set_logger(make_logger(run_dir, suffix, config.logging.verbose))
-    if not resume:
+    if resume_from is None:
         _log_config(model, config, command)
 
-    def save_best() -> None:
-        export_pilot(model, config, run_dir / PILOT_BEST, command, obs_stats(venv))
+    def export(path: Path, score: float | None = None) -> None:
+        export_pilot(
+            model.policy,
+            config,
+            path,
+            command=command,
+            obs_rms=obs_stats(venv),
+            timesteps=int(model.num_timesteps),
+            score=score,
+        )
+
+    validation = None
+    if config.eval.freq > 0:
+        validation = ValidationCallback(
+            config.eval.freq,
+            validator(config, model, venv),
+            lambda score: export(run_dir / PILOT_BEST, score),
+            run_dir,
+            plots=config.logging.plots,
+        )
+        if resume_from is not None and "validation" in resume_from.callbacks:
+            validation.load_state_dict(resume_from.callbacks["validation"])
+        # The best bundle may be newer than the checkpoint: never replace it by a
+        # worse one.
+        saved = bundle_score(run_dir / PILOT_BEST)
+        if saved is not None:
+            validation.best = min(validation.best, saved)
+
+    def states() -> dict[str, dict[str, Any]]:
+        return {} if validation is None else {"validation": validation.state_dict()}
 
     stop = StopOnSignal()
-    callbacks = [
-        InnerMetricsCallback(config.env.decision_interval),
-        CheckpointCallback(
-            run_dir, config.logging.checkpoint_freq, config.logging.keep_checkpoints
-        ),
-        stop,
-    ]
-    if config.eval.freq > 0:
-        callbacks.insert(
-            1,
-            ValidationCallback(
-                config.eval.freq,
-                validator(config, model, venv),
-                save_best,
-                run_dir,
-                plots=config.logging.plots,
-            ),
-        )
+    keep = config.logging.keep_checkpoints
+    checkpoints = CheckpointCallback(
+        run_dir, config.logging.checkpoint_freq, keep, states
+    )
+    callbacks = [InnerMetricsCallback(config.env.decision_interval)]
+    callbacks += [c for c in (validation, checkpoints, stop) if c is not None]
     remaining = config.run.total_timesteps - model.num_timesteps
     died = None
     if remaining > 0:
@@ -300,7 +391,7 @@ def train(
             model.learn(
                 total_timesteps=remaining,
                 callback=CallbackList(callbacks),
-                reset_num_timesteps=not resume,
+                reset_num_timesteps=resume_from is None,
                 progress_bar=config.logging.progress_bar,
             )
         except WorkerDiedError as error:
@@ -312,9 +403,9 @@ def train(
     if died is not None and newest and newest[0].step == model.num_timesteps:
         checkpoint = newest[0]  # nothing happened since: keep it as it is
     else:
-        checkpoint = save_checkpoint(run_dir, model, config.logging.keep_checkpoints)
+        checkpoint = save_checkpoint(run_dir, model, keep, states())
     if stop.received is None and died is None:
-        export_pilot(model, config, run_dir / PILOT, command, obs_stats(venv))
+        export(run_dir / PILOT)
     venv.close()
     return TrainResult(
         run_dir, int(model.num_timesteps), checkpoint, stop.received, died

@@ -26,7 +26,7 @@ from hyperpilot.agents.checkpoints import list_checkpoints
 from hyperpilot.agents.ppo import TrainResult
 from hyperpilot.bench import BENCHMARKS_MD
 from hyperpilot.config import load_config
-from hyperpilot.envs.tasks.splits import load_split
+from hyperpilot.envs.tasks.splits import HELDOUT_PREFIX, load_split
 from hyperpilot.runtime import UserError
 
 # arm name -> overrides of configs/train/default.yaml
@@ -72,7 +72,9 @@ def _quiet(line: str) -> None:
     """Drops a training run's progress lines (the arms' table is what counts)."""
 
 
-def _train_arm(arm: str, seed: int, timesteps: int, run: Path) -> TrainResult | None:
+def _train_arm(
+    arm: str, seed: int, timesteps: int, run: Path, base: str
+) -> TrainResult | None:
     """Trains (or resumes) one arm's run; None when its pilot already exists."""
     if (run / "pilot").is_dir():
         return None
@@ -82,11 +84,11 @@ def _train_arm(arm: str, seed: int, timesteps: int, run: Path) -> TrainResult | 
     shutil.rmtree(run, ignore_errors=True)  # stopped before its first checkpoint
     sets = [*ARMS[arm], "logging.progress_bar=false"]
     overrides = [*sets, f"run.seed={seed}", f"run.total_timesteps={timesteps}"]
-    argv = ["--config", "default", "--seed", str(seed), "--total-timesteps"]
+    argv = ["--config", base, "--seed", str(seed), "--total-timesteps"]
     argv += [str(timesteps), *(x for o in sets for x in ("--set", o))]
     argv += ["--runs-root", str(run.parent), "--run-name", run.name]
     command = shlex.join(["hyperpilot", "train", *argv])
-    config = load_config("default", overrides)
+    config = load_config(base, overrides)
     return training.run(config, run, command=command, log=_quiet)
 
 
@@ -96,6 +98,8 @@ def run(
     seeds: int = 2,
     timesteps: int = 40_000,
     eval_seeds: int = 3,
+    config: str = "default",
+    split: str = "val",
     root: Path = Path("runs/ablations"),
     md: Path = BENCHMARKS_MD,
     command: str = "hyperpilot bench ablations",
@@ -103,23 +107,29 @@ def run(
 ) -> AblationResult:
     """Trains and evaluates the ablation arms; appends a table to `md`.
 
-    Each arm is configs/train/default.yaml plus its overrides, trained for
-    `timesteps` meta-env steps with `seeds` seeds under `root/<arm>__s<seed>`; its
-    best-on-val pilot is evaluated on the `val` split against constant Adam.
-    Finished runs and evaluations are reused, so a second call resumes.
+    Each arm is the training config `config` (default.yaml) plus its overrides,
+    trained for `timesteps` meta-env steps with `seeds` seeds under
+    `root/<arm>__s<seed>`; its best-on-val pilot is evaluated on the task split
+    `split` (never a held-out one) against constant Adam. Finished runs and
+    evaluations are reused, so a second call resumes.
 
     Raises:
         UserError: For an unknown arm.
     """
     arms = check_arms(arms)
-    tasks = [evaluation.EvalTask(spec.label, spec) for spec in load_split("val")]
+    if Path(split).stem.startswith(HELDOUT_PREFIX):
+        raise UserError(
+            f"--split {split}: held-out splits judge the shipped pilot only; choose "
+            "pilots on val"
+        )
+    tasks = [evaluation.EvalTask(spec.label, spec) for spec in load_split(split)]
     methods = ["pilot", "constant"]
     results = {}
     for arm in arms:
         per_seed = []
         for seed in range(seeds):
             run_dir = root / f"{arm}__s{seed}"
-            trained = _train_arm(arm, seed, timesteps, run_dir)
+            trained = _train_arm(arm, seed, timesteps, run_dir, config)
             if trained is not None and (
                 trained.interrupted_by is not None or trained.worker_died is not None
             ):
@@ -137,7 +147,7 @@ def run(
             rows = report.method_rows(records, methods)
             per_seed.append(report.summarize(rows, methods)["pilot"])
         results[arm] = per_seed
-    _append(md, command, results, seeds, timesteps, eval_seeds, log)
+    _append(md, command, results, seeds, timesteps, eval_seeds, config, split, log)
     return AblationResult(results)
 
 
@@ -148,16 +158,18 @@ def _append(
     seeds: int,
     timesteps: int,
     eval_seeds: int,
+    config: str,
+    split: str,
     log: Callable[[str], None],
 ) -> None:
     lines = [
-        f"\n## Ablations on the `val` split, {datetime.date.today().isoformat()}\n",
+        f"\n## Ablations on the `{split}` split, {datetime.date.today().isoformat()}\n",
         f"- command: `{command}`",
         f"- machine: {platform.machine()}, {os.cpu_count()} CPU(s), torch "
         f"{torch.__version__}; each training run uses its config's `run.threads`",
-        f"- each arm: configs/train/default.yaml plus its overrides, {timesteps:,} "
-        f"meta-env steps, {seeds} meta-training seeds; its best-on-val pilot on "
-        f"the val split, {eval_seeds} task seeds, from lr 1e-3",
+        f"- each arm: the `{config}` training config plus its overrides, "
+        f"{timesteps:,} meta-env steps, {seeds} meta-training seeds; its best-on-val "
+        f"pilot on the {split} split, {eval_seeds} task seeds, from lr 1e-3",
         "",
         "| arm | overrides | pilot test loss / constant (median, per seed) | "
         "wins vs constant (per seed) | pilot divergences |",

@@ -11,12 +11,14 @@ A *bundle* is everything a trained pilot needs at deployment and nothing else:
 
 Loading never unpickles: `actor.safetensors` is read with `safetensors`, a `*.pt`
 file only with `torch.load(weights_only=True)`, and any other weights file is
-refused. SB3's `.zip` stays the training checkpoint; `hyperpilot export` turns one
-into a bundle with `save_bundle`.
+refused. A training checkpoint (`agents/checkpoints.py`: JSON plus safetensors too)
+holds the whole run; `hyperpilot export` turns one into a bundle with `save_bundle`.
 
 A bundle whose format *major* version or feature version differs from this
 package's fails to load with a `BundleError` that says what to do; a newer *minor*
-version only adds fields, so it loads.
+version only adds fields, so it loads. Format 1.1 carries the action bounds the
+policy was trained with (`action.steps`, `action.ranges`); a 1.0 bundle holds the
+defaults there.
 """
 
 from __future__ import annotations

@@ -520,6 +520,12 @@ def _ablations(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--eval-seeds", type=int, default=3, help="task seeds")
     parser.add_argument(
+        "--config", default="default", help="the training config the arms override"
+    )
+    parser.add_argument(
+        "--split", default="val", help="the task split the pilots are judged on"
+    )
+    parser.add_argument(
         "--root", type=Path, default=Path("runs/ablations"), help="runs and caches"
     )
     parser.add_argument(
@@ -531,6 +537,8 @@ def _ablations(argv: Sequence[str]) -> int:
         seeds=args.seeds,
         timesteps=args.timesteps,
         eval_seeds=args.eval_seeds,
+        config=args.config,
+        split=args.split,
         root=args.root,
         md=args.md,
         command=_command("bench ablations", argv),

@@ -17,8 +17,19 @@ from pathlib import Path
 from stable_baselines3 import PPO
 
 from hyperpilot import ray_backend
-from hyperpilot.agents.checkpoints import find_checkpoint
-from hyperpilot.agents.ppo import TrainResult, check_init_bundle, export_pilot, train
+from hyperpilot.agents.checkpoints import (
+    LoadedCheckpoint,
+    NoCheckpointError,
+    load_newest,
+)
+from hyperpilot.agents.ppo import (
+    TrainResult,
+    build_policy,
+    check_init_bundle,
+    export_pilot,
+    recover_run_folder,
+    train,
+)
 from hyperpilot.bundle import BundleError, PolicyBundle
 from hyperpilot.config import TrainConfig, dump_config, load_config
 from hyperpilot.envs.settings import resolve_device
@@ -91,6 +102,29 @@ def _init_bundle(config: TrainConfig, init_from: str | None) -> PolicyBundle | N
         raise UserError(str(error)) from None
 
 
+def _stored_command(run_dir: Path) -> str:
+    """The command a run folder was started with ("" if it was never written)."""
+    path = run_dir / COMMAND_FILE
+    return path.read_text().strip() if path.is_file() else ""
+
+
+def _resume_point(run_dir: Path, log: Callable[[str], None]) -> LoadedCheckpoint:
+    """The checkpoint a resume continues from, after undoing a crash's leftovers."""
+    for place in recover_run_folder(run_dir):
+        log(f"note: put back {place}, left aside by a crash while it was replaced")
+    try:
+        loaded = load_newest(run_dir, note=log)
+    except NoCheckpointError:
+        command = _stored_command(run_dir)
+        command = command or f"hyperpilot train --config {run_dir / CONFIG_FILE}"
+        raise UserError(
+            f"nothing to resume: {run_dir} stopped before its first checkpoint; "
+            f"delete it and start again with: {command}"
+        ) from None
+    log(f"resuming from step {loaded.step} ({loaded.checkpoint.path})")
+    return loaded
+
+
 def run(
     config: TrainConfig,
     run_dir: Path,
@@ -119,12 +153,16 @@ def run(
         How the run ended (see `TrainResult`).
 
     Raises:
-        UserError: For an existing run folder, a bundle that does not fit, or Ray
-            options the cluster cannot serve.
+        UserError: For an existing run folder, a bundle that does not fit, Ray
+            options the cluster cannot serve, or (resuming) a run without a
+            checkpoint that loads.
     """
     bundle = _init_bundle(config, init_from)
     check_runnable(config)
-    if not resume and run_dir.exists():
+    resume_from = None
+    if resume:
+        resume_from = _resume_point(run_dir, log)
+    elif run_dir.exists():
         raise UserError(f"run folder {run_dir} exists; choose another --run-name")
     started = False
     if ray is not None:
@@ -137,7 +175,7 @@ def run(
             raise UserError(str(error)) from None
     try:
         if resume:
-            command = (run_dir / COMMAND_FILE).read_text().strip()
+            command = _stored_command(run_dir)
         else:
             _new_run_folder(run_dir, config, command)
         log(f"run folder: {run_dir}")
@@ -145,7 +183,7 @@ def run(
             config,
             run_dir,
             command=command,
-            resume=resume,
+            resume_from=resume_from,
             init_from=bundle,
             ray_workers=None if ray is None else ray.venv_kwargs(),
         )
@@ -167,28 +205,40 @@ def _new_run_folder(run_dir: Path, config: TrainConfig, command: str) -> None:
 
 
 def export(
-    run_dir: Path, step: int | None = None, out: Path | None = None
+    run_dir: Path,
+    step: int | None = None,
+    out: Path | None = None,
+    log: Callable[[str], None] = print,
 ) -> tuple[Path, int]:
-    """Writes the bundle of a run's checkpoint (the newest, or the one at `step`).
+    """Writes the bundle of a run's checkpoint (the newest that loads, or `step`'s).
 
     Returns:
         The bundle folder (default `run_dir/pilot-step<step>`) and the step of the
         checkpoint it came from.
 
     Raises:
-        UserError: If `run_dir` is not a run folder or has no such checkpoint.
+        UserError: If `run_dir` is not a run folder or has no such checkpoint that
+            loads.
     """
     config = load_run_config(run_dir)
+    loaded = load_newest(run_dir, step, note=log)
+    policy = build_policy(config)
     try:
-        checkpoint = find_checkpoint(run_dir, step)
-    except ValueError as error:
-        raise UserError(str(error)) from None
-    model = PPO.load(checkpoint.model, device="cpu")
-    out = out or run_dir / f"pilot-step{checkpoint.step}"
-    command_file = run_dir / COMMAND_FILE
-    command = command_file.read_text().strip() if command_file.exists() else ""
+        policy.load_state_dict(loaded.policy_state())
+    except RuntimeError as error:
+        reason = str(error).splitlines()[0]
+        where = loaded.checkpoint.path
+        raise UserError(f"{where} does not fit the run's config ({reason})") from None
+    out = out or run_dir / f"pilot-step{loaded.step}"
     try:
-        export_pilot(model, config, out, command, checkpoint.obs_rms())
+        export_pilot(
+            policy,
+            config,
+            out,
+            command=_stored_command(run_dir),
+            obs_rms=loaded.obs_rms(),
+            timesteps=loaded.step,
+        )
     except BundleError as error:
         raise UserError(str(error)) from None
-    return out, checkpoint.step
+    return out, loaded.step

@@ -529,3 +529,13 @@ def test_malformed_split_raises(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ValueError, match=r"bad\.yaml"):
         load_split(path)
+
+
+@pytest.mark.parametrize(
+    "path", ["os:system", "subprocess:getoutput", "builtins:print"], ids=str
+)
+def test_an_import_path_must_name_a_task_family_class(path, tmp_path, capsys):
+    marker = tmp_path / "ran"
+    with pytest.raises(ValueError, match="not a TaskFamily subclass"):
+        make_family(path, cmd=f"touch {marker}")
+    assert not marker.exists()

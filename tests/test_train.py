@@ -2,6 +2,7 @@
 
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from stable_baselines3 import PPO
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from hyperpilot.agents.checkpoints import find_checkpoint, list_checkpoints
+from hyperpilot.agents.checkpoints import list_checkpoints, load_newest
 from hyperpilot.agents.pilot import Pilot
+from hyperpilot.agents.ppo import PILOT_BEST, build_policy, bundle_score
 from hyperpilot.cli import main
+from hyperpilot.training import load_run_config
 
 HYPERPILOT = str(Path(sys.executable).parent / "hyperpilot")
 TAGS = [
@@ -91,18 +93,19 @@ def test_tensorboard_has_our_tags_with_finite_values(smoke_run):
 
 
 def test_pilot_bundle_acts_like_the_trained_policy(smoke_run):
-    checkpoint = find_checkpoint(smoke_run)
-    model = PPO.load(checkpoint.model, device="cpu")
+    checkpoint = load_newest(smoke_run)
+    policy = build_policy(load_run_config(smoke_run))
+    policy.load_state_dict(checkpoint.policy_state())
     stats = checkpoint.obs_rms()
     pilot = Pilot.load(smoke_run / "pilot")
-    obs = np.stack([model.observation_space.sample() for _ in range(64)])
+    obs = np.stack([policy.observation_space.sample() for _ in range(64)])
     normalized = np.clip(
         (obs - np.array(stats["mean"]))
         / np.sqrt(np.array(stats["var"]) + stats["epsilon"]),
         -stats["clip_obs"],
         stats["clip_obs"],
     ).astype(np.float32)
-    expected = model.predict(normalized, deterministic=True)[0]
+    expected = policy.predict(normalized, deterministic=True)[0]
     np.testing.assert_allclose(pilot.act(obs), expected, atol=1e-5)
 
 
@@ -127,6 +130,41 @@ def test_info_and_export(smoke_run, tmp_path, capsys):
     assert Pilot.load(tmp_path / "p").decision_interval == 10
     assert main(["export", str(smoke_run), "--checkpoint", "7"]) == 2
     assert "320" in capsys.readouterr().err
+
+
+def _evaluations(run_dir):
+    with np.load(run_dir / "evaluations.npz") as saved:
+        return {k: saved[k].tolist() for k in saved.files}
+
+
+def test_resume_keeps_validation_state_and_schedules(smoke_run, tmp_path, capsys):
+    run = Path(shutil.copytree(smoke_run, tmp_path / "run"))
+    before = _evaluations(run)
+    best = (run / PILOT_BEST / "pilot.json").read_bytes()
+    assert before["timesteps"] == [320, 640]
+    assert bundle_score(run / PILOT_BEST) == min(before["final_val_loss"])
+
+    assert main(["train", "--resume", str(run), "--total-timesteps", "960"]) == 0
+    path = list_checkpoints(smoke_run)[0].path.name
+    assert (
+        f"resuming from step 640 ({run / 'checkpoints' / path})"
+        in (capsys.readouterr().out.splitlines()[0])
+    )
+    after = _evaluations(run)
+    assert after["timesteps"] == [320, 640, 960]  # not 704: the schedules go on
+    for key, values in before.items():
+        assert after[key][:2] == values, key  # the history is kept
+    assert [c.step for c in list_checkpoints(run)] == [960, 640]
+    assert sorted(p.name[5:].lstrip("0") for p in (run / "eval").iterdir()) == [
+        "320",
+        "640",
+        "960",
+    ]
+    # pilot-best is replaced only by a better score than the run's best so far
+    if after["final_val_loss"][2] < min(before["final_val_loss"]):
+        assert bundle_score(run / PILOT_BEST) == after["final_val_loss"][2]
+    else:
+        assert (run / PILOT_BEST / "pilot.json").read_bytes() == best
 
 
 def test_same_seed_same_training(tmp_path):
@@ -244,7 +282,7 @@ def test_sigint_saves_a_checkpoint_and_says_how_to_resume(tmp_path):
     assert process.returncode == 128 + signal.SIGINT, err
     assert "Traceback" not in err
     assert f"hyperpilot train --resume {tmp_path / 'int'}" in out
-    step = find_checkpoint(tmp_path / "int").step
+    step = list_checkpoints(tmp_path / "int")[0].step
     assert 0 < step < 3200
 
 
@@ -257,7 +295,7 @@ def test_resume_after_sigkill_loses_at_most_one_interval(tmp_path):
     os.kill(process.pid, signal.SIGKILL)
     process.communicate(timeout=60)
     reached = _last_logged_step(run_dir)
-    resumed_from = find_checkpoint(run_dir).step
+    resumed_from = list_checkpoints(run_dir)[0].step
     rollout = 8 * 8  # n envs x n_steps of smoke.yaml
     assert reached - resumed_from <= 256 + rollout
     result = subprocess.run(
@@ -267,6 +305,6 @@ def test_resume_after_sigkill_loses_at_most_one_interval(tmp_path):
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert find_checkpoint(run_dir).step >= 3200
+    assert list_checkpoints(run_dir)[0].step >= 3200
     assert (run_dir / "pilot" / "pilot.json").is_file()
     assert (run_dir / f"progress_resume{resumed_from}.csv").is_file()

@@ -42,7 +42,7 @@ def make_family(name: str, **kwargs: Any) -> TaskFamily:
 
     Args:
         name: A registered name (`mlp_digits`) or an import path to a `TaskFamily`
-            subclass or factory (`mypkg.tasks:my_family`).
+            subclass (`mypkg.tasks:MyFamily`).
         **kwargs: The family's shape and free knobs.
 
     Raises:
@@ -58,7 +58,7 @@ def make_family(name: str, **kwargs: Any) -> TaskFamily:
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ValueError(
                 f"unknown task family {name!r}.{hint} "
-                f"Valid: {', '.join(family_names())}, or an import path 'pkg.mod:obj'."
+                f"Valid: {', '.join(family_names())}, or an import path 'pkg.mod:Class'."
             )
         factory = _FAMILIES[name]
         family_name = name
@@ -108,13 +108,25 @@ def _check_horizon(family: TaskFamily, name: str) -> None:
         )
 
 
-def _import(path: str) -> Callable[..., TaskFamily]:
+def _import(path: str) -> type[TaskFamily]:
+    """The `TaskFamily` subclass at `pkg.mod:Class`.
+
+    Only a subclass is accepted, and checked before anything is called: a config
+    (say, a run folder someone hands you) must not be able to call an arbitrary
+    function of an installed module (`os:system`) with arguments of its choosing.
+    """
     module_name, _, attribute = path.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise ValueError(f"cannot import task family {path!r}: {error}") from None
     try:
-        return getattr(module, attribute)
+        found = getattr(module, attribute)
     except AttributeError:
         raise ValueError(f"module {module_name!r} has no {attribute!r}") from None
+    if not (isinstance(found, type) and issubclass(found, TaskFamily)):
+        raise ValueError(
+            f"{path!r} is not a TaskFamily subclass; name a class that subclasses "
+            "hyperpilot.envs.tasks.TaskFamily"
+        )
+    return found

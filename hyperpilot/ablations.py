@@ -29,17 +29,32 @@ from hyperpilot.config import load_config
 from hyperpilot.envs.tasks.splits import HELDOUT_PREFIX, load_split
 from hyperpilot.runtime import UserError
 
-# arm name -> overrides of configs/train/default.yaml
+# arm name -> overrides of the base training config (configs/train/default.yaml)
 ARMS: dict[str, list[str]] = {
     "baseline": [],
+    # how actions act: accumulate on the current values, or bend a base schedule
     "residual": ["env.action_mode=residual"],
+    "residual_lr_only": ["env.action_mode=residual", "env.controlled=[lr]"],
     "lr_only": ["env.controlled=[lr]"],
+    # how far a decision may move: a fifth of a decade of lr, beta1 kept >= 0.8
+    "small_steps": [
+        "env.action_bounds={lr_step: 0.2, beta1_step: 0.1, clip_step: 0.25, "
+        "beta1: [0.8, 0.999]}"
+    ],
+    "residual_small_steps": [
+        "env.action_mode=residual",
+        "env.action_bounds={lr_step: 0.25, beta1_step: 0.1, beta1: [0.8, 0.999]}",
+    ],
+    # where runs start: around the lrs users start from, not 1e-5 to 1e-1
+    "narrow_init": ["env.init.lr=[1.0e-4, 1.0e-2]"],
+    # reward and credit
     "reward_val_loss": ["env.reward.kind=val_loss"],
     "reward_train_loss": ["env.reward.kind=train_loss"],
     "terminal_term": ["env.reward.kind=val_loss", "env.reward.terminal_weight=30.0"],
     "gamma_0.9": ["ppo.gamma=0.9"],
     "k_20": ["env.decision_interval=20"],
     "no_val_features": ["env.val_drop_prob=1.0"],
+    # task diversity: one family instead of the train split
     "digits_only": ["env.family=mlp_digits"],
 }
 

@@ -241,7 +241,7 @@ class BatchedEngine:
                 lr[run], beta1[run], clip[run] = episode.lr, episode.beta1, episode.clip
                 val_available[run] = episode.val_available
             self.hparams = Hyperparams(lr, beta1, clip)
-            self._decays = any(i.weight_decay for i in self.instances if i)
+            self._decays = any(i.weight_decay for i in self.instances if i is not None)
             self.initial = self.hparams.where(mask, self.initial)
             self.adam.reset_runs(mask)
             for state in (self.prev_grad, self.prev_grad_norm, self.prev_update):

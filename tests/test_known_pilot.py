@@ -9,6 +9,7 @@ those values by hand.
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -296,3 +297,242 @@ def test_the_pilots_divergence_rule(losses, expected):
 def test_a_larger_factor_allows_more():
     states, _ = fed([1.0, 99.0, 100.0, 100.5], factor=100.0)
     assert states == [False, False, False, True]
+
+
+# ------------------------------------------------------------- the rest of a run
+def run_steps(pilot, model, optimizer, batches):
+    for batch in batches:
+        loss = loss_of(model, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        pilot.step(loss)
+        optimizer.step()
+
+
+def test_patience_counts_decisions_without_a_relative_improvement():
+    # attach measures 1.0; then one value per decision (steps 3, 6, ...)
+    values = iter([1.0, 0.5, 0.49996, 0.6, 0.4, 0.4, 0.4])
+    model, batches = problem(steps=19)
+    optimizer = two_groups(model)
+    pilot = Pilot(Scripted([(0.0, 0.0, 0.0)] * 7)).attach(
+        optimizer, 30, val_fn=lambda: next(values)
+    )
+    stops = []
+    for step in range(19):
+        run_steps(pilot, model, optimizer, batches[step : step + 1])
+        if step % 3 == 0 and step:  # after each decision's step
+            stops.append((pilot.should_stop(1), pilot.should_stop(2)))
+    # 0.5 improves; 0.49996 is within 1e-4 x 0.5 (stale 1); 0.6 (stale 2);
+    # 0.4 improves; 0.4, 0.4 (stale 1, 2)
+    assert stops == [
+        (False, False),
+        (True, False),
+        (True, True),
+        (False, False),
+        (True, False),
+        (True, True),
+    ]
+    state = pilot.state_dict()
+    assert (state["best_val_loss"], state["stale_decisions"]) == (0.4, 2)
+    assert state["val_loss"] == 0.4
+    with pytest.raises(ValueError, match=r"^patience must be >= 1, got 0$"):
+        pilot.should_stop(0)
+
+
+def test_should_stop_without_a_val_fn_only_on_divergence():
+    model, batches = problem(steps=12)
+    optimizer = two_groups(model)
+    pilot = Pilot(Scripted([(0.0, 0.0, 0.0)] * 4)).attach(optimizer, 12)
+    run_steps(pilot, model, optimizer, batches)
+    assert not pilot.should_stop(1)
+    assert pilot.steps_done == 12 and not pilot.diverged
+
+
+def test_state_dict_holds_the_run_and_restores_it():
+    model, batches = problem(steps=5)
+    optimizer = two_groups(model, betas=(0.9, 0.99))
+    values = iter([2.0, 1.5])
+    pilot = Pilot(Scripted(ACTIONS)).attach(
+        optimizer, 9, val_fn=lambda: next(values), clip=10.0, divergence_factor=50.0
+    )
+    run_steps(pilot, model, optimizer, batches)
+    state = pilot.state_dict()
+    lr, beta1, clip = HPARAMS[1]
+    assert state["version"] == 1 and state["decision_interval"] == 3
+    assert (state["total_steps"], state["divergence_factor"], state["steps_done"]) == (9, 50.0, 5)  # fmt: skip
+    assert state["hparams"] == pytest.approx({"lr": lr, "beta1": beta1, "clip": clip})
+    assert state["initial"] == pytest.approx({"lr": 1e-3, "beta1": 0.9, "clip": 10.0})
+    assert state["start_lrs"] == [1e-3, 4e-3]
+    assert (state["val_loss"], state["best_val_loss"], state["stale_decisions"]) == (1.5, 1.5, 0)  # fmt: skip
+    assert state["diverged"] is False
+    assert sorted(state["prev_grads"]) == [0, 1, 2, 3]
+    grads = [p.grad for p in model.parameters()]
+    norm = float(torch.cat([g.flatten() for g in grads]).norm())
+    assert state["prev_grad_norm"] == pytest.approx(norm, rel=1e-12)  # after clipping
+    for saved, grad in zip(state["prev_grads"].values(), grads):
+        assert torch.equal(saved, grad)
+    assert float(state["tracker"]["count"][0]) == 2.0  # steps 3 and 4
+
+    # a fresh pilot on a fresh optimizer takes it all over, lr and beta1 included
+    fresh = two_groups(copy.deepcopy(model), betas=(0.5, 0.99))
+    other = Pilot(Scripted(ACTIONS)).attach(fresh, 100, clip=1.0)
+    other.load_state_dict(state)
+    assert other.hyperparameters == pytest.approx(
+        {"lr": lr, "beta1": beta1, "clip": clip}
+    )
+    assert other.steps_done == 5
+    assert [g["lr"] for g in fresh.param_groups] == pytest.approx([lr, 4 * lr])
+    assert [g["betas"][0] for g in fresh.param_groups] == pytest.approx([beta1] * 2)
+    assert [g["betas"][1] for g in fresh.param_groups] == [0.99, 0.99]
+    again = other.state_dict()
+    for key in state:
+        if key not in ("tracker", "prev_grads"):
+            assert again[key] == state[key], key
+    for name, value in state["tracker"].items():
+        torch.testing.assert_close(again["tracker"][name], value, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"version": 2}, r"^pilot state version 2 is not 1; it was saved by another"),
+        (
+            {"decision_interval": 5},
+            r"^the state was saved by a pilot with K=5, this one has K=3$",
+        ),
+        ({"tracker": {}}, r"^the state's feature tracker holds \[\], expected \["),
+    ],
+    ids=["version", "K", "tracker"],
+)
+def test_a_foreign_state_is_refused(change, match):
+    model, batches = problem(steps=1)
+    optimizer = two_groups(model)
+    pilot = Pilot(Scripted(ACTIONS)).attach(optimizer, 9)
+    run_steps(pilot, model, optimizer, batches)
+    with pytest.raises(ValueError, match=match):
+        pilot.load_state_dict(pilot.state_dict() | change)
+
+
+def test_the_pilots_properties_and_repr():
+    pilot = Pilot(Scripted(ACTIONS, k=7, mode="residual", controlled=("lr", "clip")))
+    assert (pilot.decision_interval, pilot.action_mode) == (7, "residual")
+    assert pilot.controlled == ("lr", "clip") and pilot.default_clip == 1.0
+    assert repr(pilot) == "Pilot(K=7, controlled=['lr', 'clip'], mode='residual')"
+    assert pilot.diverged is False
+    for use in (lambda: pilot.hyperparameters, lambda: pilot.steps_done, pilot.should_stop, pilot.state_dict):  # fmt: skip
+        with pytest.raises(RuntimeError, match=r"^the pilot is not attached: call pilot\.attach\(optimizer, total_steps\)$"):  # fmt: skip
+            use()
+
+
+def test_the_default_clip_is_the_bundles():
+    model, _ = problem(steps=1)
+    scripted = Scripted(ACTIONS)
+    scripted.default_clip = 0.25
+    pilot = Pilot(scripted).attach(two_groups(model), 9)
+    assert pilot.hyperparameters["clip"] == 0.25
+
+
+def test_the_shipped_pilot_acts_in_the_box():
+    pilot = Pilot.load("default")
+    actions = pilot.act(np.zeros((2, len(OBS_NAMES)), dtype=np.float32))
+    assert actions.shape == (2, len(pilot.controlled)) and actions.dtype == np.float32
+    assert (np.abs(actions) <= 1).all()
+    assert pilot.act(np.zeros(len(OBS_NAMES), dtype=np.float32)).shape == (len(pilot.controlled),)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"total_steps": 0}, r"^total_steps must be >= 1, got 0$"),
+        ({"total_steps": 2.0}, r"^total_steps must be an integer, got 2\.0$"),
+        ({"total_steps": True}, r"^total_steps must be an integer, got True$"),
+        ({"divergence_factor": 1.0}, r"^divergence_factor must be > 1, got 1\.0$"),
+        ({"clip": 0.0}, r"^clip must be a positive finite number, got 0\.0$"),
+        ({"clip": math.inf}, r"^clip must be a positive finite number, got inf$"),
+        ({"val_fn": lambda: math.nan}, r"^val_fn\(\) returned nan at attach; it must"),
+    ],
+    ids=[
+        "zero-steps",
+        "float-steps",
+        "bool-steps",
+        "factor",
+        "clip-0",
+        "clip-inf",
+        "val",
+    ],
+)
+def test_bad_attach_arguments_are_refused(kwargs, match):
+    model, _ = problem(steps=1)
+    with pytest.raises(ValueError, match=match):
+        Pilot(Scripted(ACTIONS)).attach(
+            two_groups(model), **({"total_steps": 9} | kwargs)
+        )
+
+
+def test_a_non_positive_group_lr_is_refused():
+    model, _ = problem(steps=1)
+    optimizer = two_groups(model)
+    optimizer.param_groups[1]["lr"] = 0.0
+    with pytest.raises(ValueError, match=r"^the optimizer's learning rates \[0\.001, 0\.0\] must be positive and finite$"):  # fmt: skip
+        Pilot(Scripted(ACTIONS)).attach(optimizer, 9)
+
+
+def test_past_total_steps_the_values_stay_with_one_warning():
+    model, batches = problem(steps=5)
+    optimizer = two_groups(model)
+    pilot = Pilot(Scripted(ACTIONS)).attach(optimizer, 3)
+    run_steps(pilot, model, optimizer, batches[:3])
+    with pytest.warns(UserWarning) as caught:
+        run_steps(pilot, model, optimizer, batches[3:])
+    assert [str(w.message) for w in caught] == [
+        "step 4 is past total_steps=3: the pilot keeps its last values"
+    ]
+    assert pilot.hyperparameters["lr"] == pytest.approx(HPARAMS[0][0])
+    assert pilot.steps_done == 5
+
+
+def test_a_scheduler_or_a_foreign_lr_warns():
+    model, batches = problem(steps=4)
+    optimizer = two_groups(model)
+    torch.optim.lr_scheduler.StepLR(optimizer, step_size=10)
+    with pytest.warns(
+        UserWarning, match="an lr scheduler is attached to this optimizer"
+    ):
+        Pilot(Scripted(ACTIONS)).attach(optimizer, 9)
+    optimizer = two_groups(model)
+    pilot = Pilot(Scripted(ACTIONS)).attach(optimizer, 9)
+    run_steps(pilot, model, optimizer, batches[:3])
+    optimizer.param_groups[0]["lr"] = 0.5
+    with pytest.warns(
+        UserWarning, match=r"changed outside the pilot \(0\.00316 -> 0\.5;"
+    ):
+        run_steps(pilot, model, optimizer, batches[3:])
+
+
+def test_an_overflow_step_is_counted_but_not_recorded_nor_clipped():
+    model, batches = problem(steps=2)
+    optimizer = two_groups(model)
+    pilot = Pilot(Scripted(ACTIONS)).attach(optimizer, 9, clip=0.01)
+    run_steps(pilot, model, optimizer, batches[:1])
+    loss = loss_of(model, batches[1])
+    optimizer.zero_grad()
+    loss.backward()
+    model[2].bias.grad[0] = math.inf
+    grads = [p.grad.clone() for p in model.parameters()]
+    pilot.step(loss)
+    assert pilot.steps_done == 2 and not pilot.diverged
+    assert float(pilot.state_dict()["tracker"]["count"][0]) == 1.0
+    assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
+
+
+def test_step_needs_gradients_and_a_scalar_loss():
+    model, batches = problem(steps=1)
+    optimizer = two_groups(model)
+    pilot = Pilot(Scripted(ACTIONS)).attach(optimizer, 9)
+    with pytest.raises(RuntimeError, match=r"^no parameter has a gradient: call pilot\.step"):  # fmt: skip
+        pilot.step(1.0)
+    loss_of(model, batches[0]).backward()
+    with pytest.raises(ValueError, match=r"^pilot\.step expects the scalar training loss, got shape \(2,\)$"):  # fmt: skip
+        pilot.step(torch.ones(2))
+    pilot.step(2.5)  # a plain float is a scalar loss
+    assert float(pilot.state_dict()["tracker"]["first_loss"][0]) == 2.5

@@ -213,13 +213,22 @@ def test_a_zero_penalty_gives_zero():
     assert got == [0.0]
 
 
+def test_a_cap_below_one_is_allowed():
+    got = reward(RewardConfig(max_normalized_loss=0.5), val_loss=[3.0])
+    assert got == [-0.5]
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"kind": "val"}, "reward kind 'val' is invalid"),
-        ({"divergence_penalty": -0.1}, "divergence_penalty must be >= 0"),
-        ({"max_normalized_loss": 0.0}, "max_normalized_loss > 0"),
-        ({"max_normalized_loss": -1.0}, "max_normalized_loss > 0"),
+        (
+            {"kind": "val"},
+            r"^reward kind 'val' is invalid; choose from "
+            r"\('val_loss', 'train_loss', 'log_improvement'\)$",
+        ),
+        ({"divergence_penalty": -0.1}, "^divergence_penalty must be >= 0 and max_"),
+        ({"max_normalized_loss": 0.0}, "and max_normalized_loss > 0$"),
+        ({"max_normalized_loss": -1.0}, "and max_normalized_loss > 0$"),
     ],
     ids=["kind", "penalty", "zero-cap", "negative-cap"],
 )

@@ -413,6 +413,17 @@ def test_a_foreign_state_is_refused(change, match):
         pilot.load_state_dict(pilot.state_dict() | change)
 
 
+def test_a_group_added_after_attach_keeps_its_ratio():
+    model, batches = problem(steps=4)
+    optimizer = torch.optim.Adam(model[0].parameters(), lr=1e-3)
+    pilot = Pilot(Scripted([(1.0, 0.0, 0.0), (-1.0, 0.0, 0.0)])).attach(optimizer, 9)
+    run_steps(pilot, model, optimizer, batches[:3])  # lr is now 10^-2.5
+    optimizer.add_param_group({"params": model[2].parameters(), "lr": 10**-1.5})
+    run_steps(pilot, model, optimizer, batches[3:])  # decision: lr 10^-3
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    assert lrs == pytest.approx([1e-3, 1e-2], rel=1e-12)
+
+
 def test_the_pilots_properties_and_repr():
     pilot = Pilot(Scripted(ACTIONS, k=7, mode="residual", controlled=("lr", "clip")))
     assert (pilot.decision_interval, pilot.action_mode) == (7, "residual")

@@ -222,6 +222,7 @@ def test_warmup_cosine_at_hand_computed_steps(step, expected):
         (0, 1, 0.5),  # warmup at least one step
         (1, 1, 1.0),  # progress (1 - 1) / max(1 - 1, 1) = 0: the peak
         (3, 2, 0.0),  # warmup 1; progress (3 - 1) / 1, capped at 1
+        (2, 2, 0.0),  # progress (2 - 1) / max(2 - 1, 1) = 1
         (0, 40, 1 / 3),  # warmup = ceil(2.0) = 2
         (2, 40, 1.0),
         (0, 41, 1 / 4),  # warmup = ceil(2.05) = 3
@@ -294,3 +295,14 @@ def test_decode_in_run_compound_ignores_the_schedule():
     assert values(new) == pytest.approx(
         (10**-3.5, 1 - 10**-2.25, 20 * 10**-0.5), rel=1e-12
     )
+
+
+def test_hyperparams_to_casts_all_three():
+    h = Hyperparams.full(2, 1e-3, 0.9, 1.0, dtype=F64)
+    for cast in (
+        h.to(torch.float32),
+        h.to(dtype=torch.float32),
+        h.to("cpu", torch.float32),
+    ):
+        assert [v.dtype for v in cast.values()] == [torch.float32] * 3
+        assert cast.lr.tolist() == pytest.approx([1e-3] * 2)

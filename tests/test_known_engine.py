@@ -6,6 +6,8 @@ loss (input 1) `w^2`. A few lines of plain Python Adam give every step, so each
 observation entry and reward is known without the engine's own code.
 """
 
+import copy
+import dataclasses
 import math
 
 import pytest
@@ -25,7 +27,7 @@ LN = math.log
 COL = {name: index for index, name in enumerate(OBS_NAMES)}
 
 
-def one_weight(w0, horizon, y_train=(0.0, 0.0)):
+def one_weight(w0, horizon, y_train=(0.0, 0.0), y_val=0.0, batch_size=2):
     with torch.device("meta"):
         model = nn.Linear(1, 1, bias=False)
     model = model.to_empty(device="cpu").double()
@@ -38,11 +40,11 @@ def one_weight(w0, horizon, y_train=(0.0, 0.0)):
         x_train=x,
         y_train=torch.tensor([[y_train[0]], [y_train[1]]], dtype=F64),
         x_val=x[:1],
-        y_val=torch.zeros(1, 1, dtype=F64),
+        y_val=torch.full((1, 1), y_val, dtype=F64),
         x_test=x[:1],
         y_test=torch.zeros(1, 1, dtype=F64),
         loss=mse,
-        batch_size=2,
+        batch_size=batch_size,
         horizon=horizon,
         data_seed=0,
     )
@@ -81,7 +83,8 @@ def keep(engine):
 
 
 # (w0, lr, beta1, clip, val_available): run 0 is clipped at every step, run 1 never.
-RUNS = [(2.0, 0.1, 0.9, 1.0, True), (-1.0, 0.01, 0.5, 100.0, False)]
+# Run 1's gradient norms (about 1) stay below 1: no floor of 1e-30 may change them.
+RUNS = [(2.0, 0.1, 0.9, 1.0, True), (-0.2, 0.01, 0.5, 100.0, False)]
 
 
 def scaled(value, low, high):
@@ -158,6 +161,7 @@ def test_three_windows_end_to_end(kind):
             assert bool(transition.truncated[run]) == (j == 2)
             assert not transition.terminated[run]
         assert float(engine.params["weight"][run, 0, 0]) == pytest.approx(steps[-1][5], rel=1e-12)  # fmt: skip
+        assert torch.equal(engine.last_obs, transitions[-1].obs)
         info = engine.run_infos(transitions[-1])[run]
         assert info["initial_val_loss"] == pytest.approx(val[0], rel=1e-12)
         assert info["best_val_loss"] == pytest.approx(min(val), rel=1e-12)
@@ -286,4 +290,150 @@ def test_decisions_left_rounds_up():
     assert engine.decisions_left().tolist() == [3, 2]
     keep(engine)
     assert engine.decisions_left().tolist() == [2, 1]
-    assert engine.progress().tolist() == pytest.approx([3 / 7, 0.5])
+    assert engine.progress().tolist() == [3 / 7, 0.5]
+    assert engine.progress().dtype == F64
+
+
+def test_a_horizon_that_is_not_a_multiple_of_k_stops_on_time():
+    w0, lr, beta1, clip, _ = RUNS[0]
+    engine, _ = engine_for([one_weight(w0, 5)], [RUNS[0][1:]])
+    transitions = [keep(engine) for _ in range(3)]
+    assert [bool(t.truncated[0]) for t in transitions] == [False, False, True]
+    assert engine.step_count.tolist() == [5]
+    w = adam_by_hand(w0, lr, beta1, clip, 5)[-1][5]
+    assert float(engine.params["weight"][0, 0, 0]) == pytest.approx(w, rel=1e-12)
+
+
+def test_the_best_validation_loss_is_the_lowest_while_running():
+    # from 0.3 with lr 0.2 and momentum 0.9, w overshoots 0: val falls, then rises
+    start = (0.3, 0.2, 0.9, 100.0, True)
+    w0, lr, beta1, clip, _ = start
+    engine, _ = engine_for([one_weight(w0, 6)], [start[1:]])
+    transitions = [keep(engine) for _ in range(3)]
+    val = [w0**2] + [s[5] ** 2 for s in adam_by_hand(w0, lr, beta1, clip, 6)[1::2]]
+    assert min(val) < val[-1]  # the check has teeth
+    info = engine.run_infos(transitions[-1])[0]
+    assert info["best_val_loss"] == pytest.approx(min(val), rel=1e-12)
+
+
+def test_a_diverged_runs_validation_loss_is_not_its_best():
+    # validation target -2: the step to w = -2 that diverges (loss 10 > 3.999 x 2.5)
+    # brings the validation loss (w + 2)^2 from 9 to 0; a best it must not count
+    instances = [one_weight(1.0, 6, y_val=-2.0), one_weight(HEALTHY[0], 6)]
+    engine, _ = engine_for(
+        instances,
+        [(3.0, 0.5, 1e3, True), HEALTHY[1:]],
+        divergence_factor=3.999,
+        **EXACT,
+    )
+    transition = keep(engine)
+    info = engine.run_infos(transition)[0]
+    assert info["diverged"] is True and info["final_val_loss"] == 0.0
+    assert info["best_val_loss"] == 9.0 and info["initial_val_loss"] == 9.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_diverged_run_stays_diverged_for_the_rest_of_the_window(seed):
+    """One row's target is NaN, batches of one row: one of the two steps sees it."""
+    instance = one_weight(1.0, 6, y_train=(math.nan, 0.0), batch_size=1)
+    instance = dataclasses.replace(instance, data_seed=seed)
+    engine, _ = engine_for([instance], [(0.1, 0.9, 1.0, True)])
+    transition = keep(engine)
+    assert transition.terminated.tolist() == [True]
+    # the NaN row came first (no step) or second (one step), never a step after it
+    assert engine.step_count.tolist() in ([0], [1])
+    assert math.isfinite(float(engine.params["weight"][0, 0, 0]))
+
+
+def test_restarting_one_run_leaves_the_other_alone():
+    instances = [one_weight(w0, 6) for w0, *_ in RUNS]
+    engine, _ = engine_for(instances, [r[1:] for r in RUNS])
+    keep(engine)
+    before = engine.last_obs.clone()
+    fresh = one_weight(0.5, 4)
+    obs = engine.start([0], [Episode(fresh, 0.01, 0.9, 100.0, True)])
+    assert engine.step_count.tolist() == [0, 2]
+    assert engine.running.tolist() == [True, True]
+    assert torch.equal(engine.last_obs[1], before[1])
+    assert torch.equal(engine.last_obs[0], obs[0])
+    assert float(obs[0, COL["progress"]]) == 0.0
+    transitions = [keep(engine), keep(engine)]
+    # run 0 restarted from scratch: its own first loss, val and Adam state
+    steps = adam_by_hand(0.5, 0.01, 0.9, 100.0, 4)
+    assert float(engine.params["weight"][0, 0, 0]) == pytest.approx(steps[-1][5], rel=1e-12)  # fmt: skip
+    ratio = LN((steps[2][0] + steps[3][0]) / 2 / steps[0][0])
+    assert float(transitions[-1].obs[0, COL["log_loss_ratio"]]) == pytest.approx(ratio, abs=2e-6)  # fmt: skip
+    assert float(transitions[-1].reward[0]) == pytest.approx(-steps[3][5] ** 2 / 0.25, rel=1e-6)  # fmt: skip
+    assert transitions[-1].truncated.tolist() == [True, True]
+    # run 1 went on as if nothing happened, its features included
+    w0, lr, beta1, clip, _ = RUNS[1]
+    steps = adam_by_hand(w0, lr, beta1, clip, 6)
+    ratio = LN((steps[4][0] + steps[5][0]) / 2 / steps[0][0])
+    assert float(transitions[-1].obs[1, COL["log_loss_ratio"]]) == pytest.approx(ratio, abs=2e-6)  # fmt: skip
+    assert float(engine.params["weight"][1, 0, 0]) == pytest.approx(steps[-1][5], rel=1e-12)  # fmt: skip
+    assert float(transitions[-1].reward[1]) == pytest.approx(-steps[-1][5] ** 2 / w0**2, rel=1e-6)  # fmt: skip
+
+
+def test_start_checks_its_arguments():
+    instances = [one_weight(1.0, 6), one_weight(1.0, 6)]
+    engine = BatchedEngine(2, EnvSettings(device="cpu"))
+    episodes = [Episode(i, 0.01, 0.9, 1.0, True) for i in instances]
+    with pytest.raises(ValueError, match=r"^start\(\) needs one episode per run$"):
+        engine.start([0, 1], episodes[:1])
+    with pytest.raises(ValueError, match=r"^the first start\(\) must load all 2 runs$"):
+        engine.start([0], episodes[:1])
+
+
+def test_a_float32_engine_keeps_its_dtypes():
+    """Parameters and hyperparameters in float32; losses, progress in float64."""
+    instances = [one_weight(w0, 6) for w0, *_ in RUNS]
+    engine, obs = engine_for(instances, [r[1:] for r in RUNS], dtype="float32")
+    hparams = Hyperparams(*(v.to(F64) for v in engine.hparams.values()))
+    transition = engine.advance(hparams)
+    assert obs.dtype == transition.obs.dtype == torch.float32
+    assert transition.reward.dtype == torch.float32
+    assert transition.hparams.lr.dtype == torch.float32
+    assert engine.flat_params.dtype == torch.float32
+    for value in (transition.val_loss, transition.train_loss, engine.first_val, engine.progress()):  # fmt: skip
+        assert value.dtype == F64
+
+
+def test_a_model_of_several_tensors_matches_torch_adam():
+    """Two layers (four tensors), lr and beta1 changed after each window."""
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(1, 3), nn.Tanh(), nn.Linear(3, 1))
+    model = model.to_empty(device="cpu").double()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=F64))
+    instance = dataclasses.replace(one_weight(1.0, 6), model=model)
+    instance = dataclasses.replace(instance, y_train=torch.tensor([[1.0], [-1.0]], dtype=F64))  # fmt: skip
+    engine, _ = engine_for([instance], [(0.05, 0.9, 0.5, True)])
+    reference = copy.deepcopy(model)
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1.0)
+    for lr, beta1, clip in [(0.05, 0.9, 0.5), (0.02, 0.5, 10.0), (0.1, 0.8, 0.1)]:
+        engine.advance(Hyperparams(*(torch.tensor([v], dtype=F64) for v in (lr, beta1, clip))))  # fmt: skip
+        optimizer.param_groups[0].update(lr=lr, betas=(beta1, 0.999))
+        for _ in range(2):
+            optimizer.zero_grad()
+            mse(reference(instance.x_train), instance.y_train).backward()
+            torch.nn.utils.clip_grad_norm_(reference.parameters(), clip)
+            optimizer.step()
+    for name, param in reference.named_parameters():
+        torch.testing.assert_close(engine.params[name][0], param.detach(), rtol=1e-12, atol=1e-14)  # fmt: skip
+
+
+def test_residual_actions_move_from_the_warmup_cosine_base():
+    """lr 0.1 over 6 steps: warmup ceil(0.3) = 1 step, then cosine over 5."""
+    engine, _ = engine_for([one_weight(1.0, 6)], [(0.1, 0.9, 2.0, True)], action_mode="residual")  # fmt: skip
+    first = engine.act(torch.tensor([[1.0, -1.0, 0.0]]))
+    # step 0: the base lr is 0.1 x (0 + 1) / (1 + 1); beta1 and clip stay at the start
+    lr = 0.05 * 10**0.5
+    values = [float(v[0]) for v in first.hparams.values()]
+    assert values == pytest.approx([lr, 1 - 0.1 * 10**0.25, 2.0], rel=1e-12)
+    second = engine.act(torch.tensor([[0.0, 0.0, 1.0]]))
+    # step 2: progress (2 - 1) / 5 of the cosine; beta1 back at its start value
+    lr = 0.1 * 0.5 * (1 + math.cos(math.pi * 0.2))
+    values = [float(v[0]) for v in second.hparams.values()]
+    assert values == pytest.approx([lr, 0.9, 2.0 * 10**0.5], rel=1e-12)

@@ -284,3 +284,24 @@ def test_reset_starts_only_the_runs_it_names():
     assert column(obs, "clip_fraction") == [0.5, 0.0]
     assert column(obs, "log_val_ratio") == pytest.approx([LN(1 / 2), 0.0], abs=1e-6)
     assert column(obs, "val_available") == [1.0, 0.0]
+
+
+def test_the_tracker_keeps_its_state_in_float64():
+    tr = FeatureTracker(2)
+    state = {k: v for k, v in vars(tr).items() if isinstance(v, torch.Tensor)}
+    assert {k: v.dtype for k, v in state.items() if k != "val_available"} == {
+        k: F64 for k in state if k != "val_available"
+    }
+    assert tr.val_available.dtype == torch.bool
+    # 1 + 2^-30 is lost in a float32 sum, kept in a float64 one
+    tr.reset(ALL, t(1.0, 1.0, dtype=torch.float32), t(True, True, dtype=torch.bool))
+    tiny = 1.0 + 2.0**-30
+    for _ in range(2):
+        tr.record_step(
+            t(tiny, tiny),
+            t(1.0, 1.0, dtype=torch.float32),
+            t(False, True, dtype=torch.bool),
+            t(0.25, 0.25, dtype=torch.float32),
+        )
+    assert tr.loss_sum.tolist() == [2 * tiny, 2 * tiny]
+    assert tr.clipped.tolist() == [0.0, 2.0] and tr.count.tolist() == [2.0, 2.0]

@@ -8,6 +8,7 @@ those values by hand.
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -460,7 +461,11 @@ def test_the_shipped_pilot_acts_in_the_box():
         ({"divergence_factor": 1.0}, r"^divergence_factor must be > 1, got 1\.0$"),
         ({"clip": 0.0}, r"^clip must be a positive finite number, got 0\.0$"),
         ({"clip": math.inf}, r"^clip must be a positive finite number, got inf$"),
-        ({"val_fn": lambda: math.nan}, r"^val_fn\(\) returned nan at attach; it must"),
+        (
+            {"val_fn": lambda: math.nan},
+            r"^val_fn\(\) returned nan at attach; it must return a finite "
+            r"validation loss$",
+        ),
     ],
     ids=[
         "zero-steps",
@@ -480,11 +485,12 @@ def test_bad_attach_arguments_are_refused(kwargs, match):
         )
 
 
-def test_a_non_positive_group_lr_is_refused():
+@pytest.mark.parametrize("lr", [0.0, math.inf])
+def test_a_non_positive_or_infinite_group_lr_is_refused(lr):
     model, _ = problem(steps=1)
     optimizer = two_groups(model)
-    optimizer.param_groups[1]["lr"] = 0.0
-    with pytest.raises(ValueError, match=r"^the optimizer's learning rates \[0\.001, 0\.0\] must be positive and finite$"):  # fmt: skip
+    optimizer.param_groups[1]["lr"] = lr
+    with pytest.raises(ValueError, match=rf"^the optimizer's learning rates \[0\.001, {lr}\] must be positive and finite$"):  # fmt: skip
         Pilot(Scripted(ACTIONS)).attach(optimizer, 9)
 
 
@@ -540,10 +546,162 @@ def test_step_needs_gradients_and_a_scalar_loss():
     model, batches = problem(steps=1)
     optimizer = two_groups(model)
     pilot = Pilot(Scripted(ACTIONS)).attach(optimizer, 9)
-    with pytest.raises(RuntimeError, match=r"^no parameter has a gradient: call pilot\.step"):  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"^no parameter has a gradient: call pilot\.step\(loss\) after loss\.backward\(\) and before optimizer\.step\(\)$"):  # fmt: skip
         pilot.step(1.0)
     loss_of(model, batches[0]).backward()
     with pytest.raises(ValueError, match=r"^pilot\.step expects the scalar training loss, got shape \(2,\)$"):  # fmt: skip
         pilot.step(torch.ones(2))
     pilot.step(2.5)  # a plain float is a scalar loss
     assert float(pilot.state_dict()["tracker"]["first_loss"][0]) == 2.5
+
+
+def test_the_tracker_gets_float64_loss_norm_and_agreement():
+    model, batches = problem(steps=2)
+    optimizer = two_groups(model)
+    pilot = Pilot(Scripted(ACTIONS)).attach(optimizer, 9, clip=1e3, val_fn=lambda: 0.1)
+    grads = []
+    for batch in batches:
+        optimizer.zero_grad()
+        (0.01 * loss_of(model, batch)).backward()  # gradient norms below 1
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+        pilot.step(torch.tensor(0.1, dtype=F64))  # not a float32 number
+        optimizer.step()
+    tracker = pilot.state_dict()["tracker"]
+    assert float(tracker["first_loss"][0]) == 0.1
+    assert float(tracker["first_val_loss"][0]) == 0.1
+    assert float(grads[0].norm() * grads[1].norm()) < 1.0  # no floor of 1 applies
+    assert float(tracker["first_grad_norm"][0]) == pytest.approx(
+        float(grads[0].norm()), rel=1e-14
+    )
+    cosine = float(grads[1] @ grads[0]) / float(grads[1].norm() * grads[0].norm())
+    assert float(tracker["agreement_sum"][0]) == pytest.approx(cosine, rel=1e-13)
+
+
+def test_patience_thresholds_and_the_default():
+    # best 1.0: 0.9999 is not better than 1 - 1e-4 x 1; best 0.5: 0.4999 is better
+    # than 0.5 - 1e-4 x 0.5 = 0.49995
+    values = iter([1.0, 1.0 - 1e-4, 0.5, 0.4999, 0.4999, 0.4999, 0.4999])
+    model, batches = problem(steps=19)
+    optimizer = two_groups(model)
+    pilot = Pilot(Scripted([(0.0, 0.0, 0.0)] * 7)).attach(
+        optimizer, 30, val_fn=lambda: next(values)
+    )
+    stale, default = [], []
+    for step in range(19):
+        run_steps(pilot, model, optimizer, batches[step : step + 1])
+        if step % 3 == 0 and step:
+            stale.append(pilot.state_dict()["stale_decisions"])
+            default.append(pilot.should_stop())
+    assert stale == [1, 0, 0, 1, 2, 3]
+    assert default == [False, False, False, False, False, True]  # patience 3
+
+
+def test_validation_is_measured_from_the_second_decision_with_k_1():
+    values = iter([4.0, 2.0, 1.0])
+    model, batches = problem(steps=2)
+    optimizer = two_groups(model)
+    scripted = Scripted([(0.0, 0.0, 0.0)] * 2, k=1)
+    pilot = Pilot(scripted).attach(optimizer, 9, val_fn=lambda: next(values))
+    run_steps(pilot, model, optimizer, batches)
+    assert [float(o[0, COL["log_val_ratio"]]) for o in scripted.seen] == pytest.approx(
+        [0.0, LN(2.0 / 4.0)], abs=1e-6
+    )
+
+
+def test_a_non_finite_validation_loss_at_a_decision_diverges():
+    values = iter([1.0, math.inf])
+    model, batches = problem(steps=5)
+    optimizer = two_groups(model)
+    pilot = Pilot(Scripted(ACTIONS)).attach(optimizer, 9, val_fn=lambda: next(values))
+    run_steps(pilot, model, optimizer, batches[:4])
+    assert pilot.diverged and pilot.should_stop() and pilot.steps_done == 3
+    assert pilot.hyperparameters["lr"] == pytest.approx(HPARAMS[0][0])
+
+
+def test_a_diverged_state_restores_diverged():
+    _, pilot = fed([1.0, math.nan])
+    state = pilot.state_dict()
+    assert state["diverged"] is True
+    model, _ = problem(steps=1)
+    other = Pilot(Scripted(ACTIONS, k=100)).attach(
+        torch.optim.Adam(model.parameters()), 100
+    )
+    other.load_state_dict(state)
+    assert other.diverged and other.should_stop()
+
+
+def test_tensor_betas_are_written_in_place():
+    model, batches = problem(steps=1)
+    betas = (torch.tensor(0.9, dtype=F64), torch.tensor(0.999, dtype=F64))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, betas=betas)
+    pilot = Pilot(Scripted([(0.0, 1.0, 0.0)])).attach(optimizer, 9)
+    run_steps(pilot, model, optimizer, batches)
+    written = optimizer.param_groups[0]["betas"]
+    assert written[0] is betas[0]  # the same tensor, filled
+    assert float(written[0]) == pytest.approx(1 - 10**-1.25, rel=1e-12)
+    assert float(written[1]) == 0.999
+
+
+def test_an_optimizer_without_groups_is_refused():
+    model, _ = problem(steps=1)
+    optimizer = two_groups(model)
+    optimizer.param_groups.clear()
+    with pytest.raises(ValueError, match=r"^the optimizer has no parameter groups$"):
+        Pilot(Scripted(ACTIONS)).attach(optimizer, 9)
+
+
+def test_the_default_divergence_factor_is_100_and_any_above_1_is_allowed():
+    model, batches = problem(steps=1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    pilot = Pilot(Scripted([(0.0, 0.0, 0.0)], k=100)).attach(optimizer, 100)
+    loss_of(model, batches[0]).backward()
+    for value in (1.0, 100.0):
+        pilot.step(torch.tensor(value, dtype=F64))
+    assert not pilot.diverged
+    pilot.step(torch.tensor(100.5, dtype=F64))
+    assert pilot.diverged
+    states, _ = fed([1.0, 1.5, 1.51], factor=1.5)
+    assert states == [False, False, True]
+
+
+def test_a_tensor_lr_is_filled_in_place():
+    model, batches = problem(steps=1)
+    lr = torch.tensor(1e-3, dtype=F64)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    pilot = Pilot(Scripted([(1.0, 0.0, 0.0)])).attach(optimizer, 9)
+    run_steps(pilot, model, optimizer, batches)
+    assert optimizer.param_groups[0]["lr"] is lr
+    assert float(lr) == pytest.approx(10**-2.5, rel=1e-12)
+
+
+def test_the_warning_messages():
+    model, batches = problem(steps=4)
+    with pytest.warns(UserWarning, match=r"^SGD has no `betas`: the pilot controls only its lr and the gradient clipping \(the beta1 feature stays at 0\.9\)$"):  # fmt: skip
+        Pilot(Scripted(ACTIONS)).attach(two_groups(model, torch.optim.SGD), 9)
+    optimizer = two_groups(model)
+    torch.optim.lr_scheduler.StepLR(optimizer, step_size=10)
+    with pytest.warns(UserWarning, match=r"^an lr scheduler is attached to this optimizer: it and the pilot will fight over the learning rate; remove the scheduler$"):  # fmt: skip
+        Pilot(Scripted(ACTIONS)).attach(optimizer, 9)
+    optimizer = two_groups(model)
+    pilot = Pilot(Scripted(ACTIONS)).attach(optimizer, 9)
+    run_steps(pilot, model, optimizer, batches[:3])
+    optimizer.param_groups[0]["lr"] *= 1 + 1e-8  # within 1e-6: no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_steps(pilot, model, optimizer, batches[3:])
+    optimizer = two_groups(model)
+    pilot = Pilot(Scripted(ACTIONS)).attach(optimizer, 9)
+    run_steps(pilot, model, optimizer, batches[:3])
+    optimizer.param_groups[0]["lr"] = 0.5
+    with pytest.warns(UserWarning, match=r"^the learning rate changed outside the pilot \(0\.00316 -> 0\.5; an lr scheduler\?\): the pilot overwrites it at each decision; remove the other controller$"):  # fmt: skip
+        run_steps(pilot, model, optimizer, batches[3:])
+
+
+def test_a_run_of_one_step():
+    model, batches = problem(steps=1)
+    optimizer = two_groups(model)
+    scripted = Scripted([(1.0, 0.0, 0.0)])
+    pilot = Pilot(scripted).attach(optimizer, 1)
+    run_steps(pilot, model, optimizer, batches)
+    assert pilot.steps_done == 1 and len(scripted.seen) == 1
+    assert pilot.hyperparameters["lr"] == pytest.approx(10**-2.5, rel=1e-12)

@@ -44,7 +44,7 @@ bench-quality: install
 bench: install
 	$(PY) scripts/bench.py throughput --compiled
 
-# Mutation check of the math modules (not part of `test`: about an hour on 2 cores).
+# Mutation check of the math modules (not part of `test`: about 16 min on 2 cores).
 # Rewrites docs/MUTATION.md; see there.
 mutation: install
 	nice -n 10 $(PY) scripts/mutation.py

@@ -164,12 +164,12 @@ def write_doc(
         "- Command: `make mutation` (`scripts/mutation.py`, mutmut "
         f"{mutmut('--version').split()[-1]}), tests `{test_args}`.",
         f"- Run time: {seconds / 60:.0f} min on {os.cpu_count()} cores "
-        f"({platform.machine()}, shared, `nice -n 10`) for a full run; "
+        f"({platform.machine()}, shared, `nice -n 10`), {today}"
         + (
-            f"the survivors were then rerun against added tests "
-            f"(`scripts/mutation.py --rerun-survivors`), {today}."
+            " (the full run's time; the survivors were then rerun against added "
+            "tests with `scripts/mutation.py --rerun-survivors`)."
             if rerun
-            else f"{today}."
+            else "."
         ),
         "- Scope: envs/reward.py, envs/features.py, envs/actions.py, envs/optim.py,",
         "  agents/pilot.py, and `start`, `advance`, `decisions_left`, `progress` of",

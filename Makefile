@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # On a CUDA machine: `make install TORCH=torch`.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo test test-fast lint format bench bench-quality tensorboard clean
+.PHONY: install demo test test-fast lint format bench bench-quality mutation tensorboard clean
 
 install: $(VENV)/.installed
 
@@ -43,6 +43,11 @@ bench-quality: install
 
 bench: install
 	$(PY) scripts/bench.py throughput --compiled
+
+# Mutation check of the math modules (not part of `test`: about 16 min on 2 cores).
+# Rewrites docs/MUTATION.md; see there.
+mutation: install
+	nice -n 10 $(PY) scripts/mutation.py
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir runs

@@ -552,8 +552,12 @@ class Pilot:
         assert self._optimizer is not None
         lr = float(self._hparams.lr[0])
         beta1 = float(self._hparams.beta1[0])
-        for index, group in enumerate(self._optimizer.param_groups):
-            _assign(group, "lr", lr * self._lr_ratio(index))
+        groups = self._optimizer.param_groups
+        # All ratios before any write: a group added since the last write is
+        # measured against the lr in force when it was added.
+        ratios = [self._lr_ratio(index) for index in range(len(groups))]
+        for group, ratio in zip(groups, ratios):
+            _assign(group, "lr", lr * ratio)
             if self._has_betas:
                 betas = group["betas"]
                 if isinstance(betas[0], torch.Tensor):
@@ -565,7 +569,7 @@ class Pilot:
         """Group `index`'s starting lr over group 0's (exactly 1.0 for group 0)."""
         if index >= len(self._start_lrs):  # a group added after attach: its lr now
             groups = self._optimizer.param_groups  # type: ignore[union-attr]
-            ratio = float(groups[index]["lr"]) / float(self._hparams.lr[0])
+            ratio = float(groups[index]["lr"]) / float(groups[0]["lr"])
             self._start_lrs.append(self._start_lrs[0] * ratio)
         return self._start_lrs[index] / self._start_lrs[0]
 

@@ -66,6 +66,20 @@ def test_all_families_are_registered():
         "attention_sequences",
         "mlp_wine",
         "logreg_breast_cancer",
+        "transformer_pydoc",
+        "transformer_sklearn_docs",
+        "transformer_stdlib_source",
+        "gru_co2",
+        "gru_elnino",
+        "lstm_sunspots",
+        "fm_fair",
+        "embedding_mlp_anes96",
+        "mlp_poisson_teacher",
+        "deep_mlp_randhie",
+        "deep_mlp_diabetes",
+        "coord_mlp_flower",
+        "fourier_mlp_hopper",
+        "autoencoder_digits",
     }
     assert expected <= set(FAMILIES)
 
@@ -210,6 +224,8 @@ RANGES = {
     "noise": [0.1, 0.3],
     "separation": [1.5, 2.5],
     "condition": [2.0, 4.0],
+    "scale": [3.0, 6.0],
+    "rate": [1.0, 4.0],
 }
 FIXED = {
     "horizon": 123,
@@ -219,6 +235,8 @@ FIXED = {
     "noise": 0.25,
     "separation": 2.25,
     "condition": 3.0,
+    "scale": 5.0,
+    "rate": 2.5,
 }
 KNOB_CASES = [
     pytest.param(name, knob, id=f"{name}-{knob}")
@@ -370,3 +388,60 @@ def test_malformed_split_raises(tmp_path, text):
     path.write_text(text)
     with pytest.raises(ValueError, match=r"bad\.yaml"):
         load_split(path)
+
+
+# --- family-specific checks -----------------------------------------------------
+
+
+def test_poisson_nll_is_the_exact_negative_log_likelihood():
+    from hyperpilot.envs.tasks.counts import poisson_nll
+
+    log_rate = torch.linspace(-3.0, 3.0, 13)[:, None]
+    counts = torch.tensor([0.0, 1, 2, 3, 5, 8, 13, 0, 1, 4, 9, 30, 77])
+    expected = -torch.distributions.Poisson(log_rate[:, 0].exp()).log_prob(counts)
+    torch.testing.assert_close(poisson_nll(log_rate, counts), expected.mean())
+    # Each row's loss is >= 0, with its minimum near the count's own rate.
+    for count in counts:
+        assert poisson_nll(count.clamp_min(1e-3).log().view(1, 1), count.view(1)) >= 0
+
+
+@pytest.mark.parametrize("name", ["mlp_poisson_teacher", "deep_mlp_randhie"], ids=str)
+def test_count_families_have_integer_counts_and_nonnegative_loss(name):
+    instance = sample(name)
+    for target in (instance.y_train, instance.y_val, instance.y_test):
+        assert (target >= 0).all() and torch.equal(target, target.round())
+    with torch.no_grad():
+        assert instance.loss(instance.model(instance.x_val), instance.y_val) >= 0
+
+
+TRANSFORMERS = [n for n in FAMILIES if n.startswith("transformer_")]
+
+
+@pytest.mark.parametrize("name", TRANSFORMERS)
+def test_language_model_is_causal(name):
+    instance = sample(name, width=16, heads=2, context=8)
+    x = instance.x_val[:2].clone()
+    with torch.no_grad():
+        before = instance.model(x)
+        x[:, 5] = (x[:, 5] + 1) % 10  # change one later character
+        after = instance.model(x)
+    torch.testing.assert_close(before[:, :5], after[:, :5])
+    assert not torch.allclose(before[:, 5:], after[:, 5:])
+
+
+@pytest.mark.parametrize("name", TRANSFORMERS)
+def test_language_model_targets_are_the_next_characters(name):
+    instance = sample(name, context=8)
+    assert torch.equal(instance.x_train[:, 1:].long(), instance.y_train[:, :-1])
+
+
+def test_forecast_windows_are_time_ordered_and_relative():
+    from hyperpilot.envs.tasks.forecast import forecast_windows
+
+    series = torch.arange(100, dtype=torch.float32) ** 1.5
+    (x_train, y_train), (x_val, _), (x_test, _) = forecast_windows(series, 8, 2)
+    assert len(x_train) + len(x_val) + len(x_test) == 100 - 10 + 1
+    assert (x_train[:, -1, 0] == 0).all()  # relative to the window's last value
+    assert y_train.std() == pytest.approx(1.0)
+    # later windows have larger steps on this convex series: test comes last
+    assert (x_test[:, 0, 0] < x_val[:, 0, 0].min()).all()

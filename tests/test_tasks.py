@@ -445,3 +445,38 @@ def test_forecast_windows_are_time_ordered_and_relative():
     assert y_train.std() == pytest.approx(1.0)
     # later windows have larger steps on this convex series: test comes last
     assert (x_test[:, 0, 0] < x_val[:, 0, 0].min()).all()
+
+
+@pytest.mark.parametrize("name", ["vae_digits", "vae_china_patches"])
+def test_vae_negative_elbo_is_nonnegative_and_uses_the_carried_noise(name):
+    instance = sample(name, width=16, latent=4, copies=2)
+    x = instance.x_val[:8]
+    with torch.no_grad():
+        loss = instance.loss(instance.model(x), instance.y_val[:8])
+        assert loss >= 0
+        # The noise travels in the inputs: other noise, other loss; same, same.
+        other = x.clone()
+        other[:, -4:] += 1.0
+        assert instance.loss(instance.model(other), instance.y_val[:8]) != loss
+    assert torch.equal(x[:, :-4], instance.y_val[:8])
+
+
+def test_negative_elbo_matches_its_closed_form():
+    from hyperpilot.envs.tasks.generative import negative_elbo
+
+    target = torch.rand(5, 6)
+    decoded, mu, log_var = torch.randn(5, 6), torch.randn(5, 2), torch.randn(5, 2)
+    output = torch.cat([decoded, mu, log_var], dim=1)
+    kl = -0.5 * (1 + log_var - mu**2 - log_var.exp()).sum(1)
+    bce = -(
+        target * torch.sigmoid(decoded).log()
+        + (1 - target) * (1 - torch.sigmoid(decoded)).log()
+    ).sum(1)
+    torch.testing.assert_close(
+        negative_elbo(output, target, bernoulli=True), (bce + kl).mean()
+    )
+    gaussian = ((decoded - target) ** 2 / (2 * 0.1**2)).sum(1)
+    torch.testing.assert_close(
+        negative_elbo(output, target, bernoulli=False, sigma=0.1),
+        (gaussian + kl).mean(),
+    )

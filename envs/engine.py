@@ -1,9 +1,11 @@
 """The batched engine: N inner training runs of one shape bucket as one tensor program.
 
-Parameters of the N models are the rows of one flat `[N, P]` buffer; one
-`vmap(grad_and_value(...))` call gives every run's loss and gradients. Each run has
-its own minibatch order, hyperparameters `[N]`, gradient clipping and Adam state,
-and ends alone when it diverges. The engine also builds the observation and the
+Parameters of the N models are the rows of one flat `[N, P]` buffer, their buffers
+(BatchNorm statistics, `SeededDropout` state) are stacked `[N, ...]`; one
+`vmap(grad_and_value(...))` call gives every run's loss and gradients, in train
+mode, and validation and test losses run in eval mode. Each run has its own
+minibatch order, hyperparameters `[N]`, gradient clipping and Adam state, and ends
+alone when it diverges. The engine also builds the observation and the
 reward, so training, evaluation and deployment share one definition of both.
 """
 
@@ -125,13 +127,17 @@ class BatchedEngine:
                 shapes.items(), self.flat_params.split(sizes, dim=1)
             )
         }
-        self.base_model = copy.deepcopy(instance.model).to("meta")
         self.loss_fn = instance.loss
         self.accuracy_fn = instance.accuracy
 
         def stack(t: torch.Tensor) -> torch.Tensor:
             target = t.to(self.device, self.dtype if t.is_floating_point() else t.dtype)
             return target.unsqueeze(0).repeat(n, *([1] * t.dim())).contiguous()
+
+        self.buffers = {
+            name: stack(buffer.detach())
+            for name, buffer in instance.model.named_buffers()
+        }
 
         self.data = {
             name: stack(getattr(instance, name))
@@ -167,13 +173,26 @@ class BatchedEngine:
         n_rows = len(instance.x_train)
         self._row_offsets = (torch.arange(n, device=self.device) * n_rows)[:, None]
 
-        def loss_of(params, x, y):
-            return self.loss_fn(functional_call(self.base_model, params, (x,)), y)
+        # Two stateless copies of the model, one per mode: the inner steps run in
+        # train mode, validation and test in eval mode.
+        train_model = copy.deepcopy(instance.model).to("meta").train()
+        eval_model = copy.deepcopy(train_model).eval()
 
-        def outputs_of(params, x):
-            return functional_call(self.base_model, params, (x,))
+        def train_loss_of(params, buffers, x, y):
+            # Train mode updates buffers in place (BatchNorm's running statistics,
+            # SeededDropout's counter): copies take the updates and come back as
+            # aux output, so that only the active runs keep theirs.
+            buffers = {name: buffer.clone() for name, buffer in buffers.items()}
+            output = functional_call(train_model, (params, buffers), (x,))
+            return self.loss_fn(output, y), buffers
 
-        self._grad_fn = vmap(grad_and_value(loss_of))
+        def outputs_of(params, buffers, x):
+            return functional_call(eval_model, (params, buffers), (x,))
+
+        def loss_of(params, buffers, x, y):
+            return self.loss_fn(outputs_of(params, buffers, x), y)
+
+        self._grad_fn = vmap(grad_and_value(train_loss_of, has_aux=True))
         if self.settings.compile:
             self._grad_fn = torch.compile(self._grad_fn, dynamic=False)
         self._loss_fn = vmap(loss_of)
@@ -222,13 +241,24 @@ class BatchedEngine:
         return obs[mask]
 
     def _load_instance(self, run: int, instance: TaskInstance) -> None:
-        for name, param in instance.model.named_parameters():
-            if name not in self.params or self.params[name][run].shape != param.shape:
-                raise ValueError(
-                    f"instance of {instance.family!r} does not fit this engine's shapes "
-                    f"(parameter {name!r}); runs in one engine need equal shape knobs"
-                )
-            self.params[name][run] = param.detach().to(self.device, self.dtype)
+        model = instance.model
+        for kind, sources, targets in (
+            ("parameter", dict(model.named_parameters()), self.params),
+            ("buffer", dict(model.named_buffers()), self.buffers),
+        ):
+            for name in dict.fromkeys([*sources, *targets]):
+                source, target = sources.get(name), targets.get(name)
+                if (
+                    source is None
+                    or target is None
+                    or target[run].shape != source.shape
+                ):
+                    raise ValueError(
+                        f"instance of {instance.family!r} does not fit this engine's "
+                        f"shapes ({kind} {name!r}); runs in one engine need equal "
+                        "shape knobs"
+                    )
+                target[run] = source.detach().to(self.device, target.dtype)
         for name, value in self.data.items():
             source = getattr(instance, name)
             if value[run].shape != source.shape:
@@ -293,7 +323,7 @@ class BatchedEngine:
             rows = (self.order.next() + self._row_offsets).flatten()
             x = self._train_rows(self.data["x_train"], rows)
             y = self._train_rows(self.data["y_train"], rows)
-            grads, loss = self._grad_fn(self.params, x, y)
+            grads, (loss, buffers) = self._grad_fn(self.params, self.buffers, x, y)
             self._parity ^= 1
             grad = torch.cat(
                 [g.reshape(self.n, -1) for g in grads.values()],
@@ -306,6 +336,9 @@ class BatchedEngine:
             bad = ~torch.isfinite(loss) | (loss.to(torch.float64) > limit)
             diverged |= running & bad
             active = running & ~diverged & (self.step_count < self.horizon)
+            for name, buffer in buffers.items():
+                keep = active.view(-1, *([1] * (buffer.dim() - 1)))
+                self.buffers[name] = torch.where(keep, buffer, self.buffers[name])
             grad_dot_prev = row_dot(grad, self.prev_grad)
             update_dot += row_dot(grad, self.prev_update).to(torch.float64)
             grad, norm, factor = clip_by_global_norm(grad, clip)
@@ -359,17 +392,20 @@ class BatchedEngine:
     # -------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, split: str = "val") -> torch.Tensor:
-        """`[N]` mean loss of every run on its `val` or `test` data."""
+        """`[N]` mean loss of every run on its `val` or `test` data, in eval mode."""
         return self._loss_fn(
-            self.params, self.data[f"x_{split}"], self.data[f"y_{split}"]
+            self.params,
+            self.buffers,
+            self.data[f"x_{split}"],
+            self.data[f"y_{split}"],
         )
 
     @torch.no_grad()
     def accuracy(self, split: str = "test") -> torch.Tensor | None:
-        """`[N]` accuracy on `split` for classification families, else None."""
+        """`[N]` accuracy on `split` (eval mode) for classification families, else None."""
         if self.accuracy_fn is None:
             return None
-        outputs = self._outputs_fn(self.params, self.data[f"x_{split}"])
+        outputs = self._outputs_fn(self.params, self.buffers, self.data[f"x_{split}"])
         return vmap(self.accuracy_fn)(outputs, self.data[f"y_{split}"])
 
     def run_infos(self, transition: Transition) -> list[dict[str, object]]:

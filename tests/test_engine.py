@@ -1,6 +1,10 @@
+import copy
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from hyperpilot.envs.actions import Hyperparams
 from hyperpilot.envs.engine import BatchedEngine, MinibatchOrder
@@ -127,3 +131,27 @@ def test_minibatch_order_walks_each_runs_seeded_permutations():
             assert torch.equal(batch[run], rows)
     order.restart(1, seed=2)  # a restarted run begins its sequence again
     assert torch.equal(order.next()[1], batches[0][1])
+
+
+NORM = "norm_family:NormFamily"
+
+
+def test_buffers_stand_still_once_a_run_has_ended():
+    # horizon 15, K = 10: the second window trains its first 5 steps only
+    engine = BatchedEngine(2, CPU)
+    engine.start(range(2), episodes(NORM, 2, horizon=15))
+    engine.advance(engine.hparams)
+    engine.advance(engine.hparams)
+    assert engine.step_count.tolist() == [15, 15]
+    assert engine.buffers["1.num_batches_tracked"].tolist() == [15, 15]
+
+
+def test_an_instance_without_the_buckets_buffers_is_refused():
+    engine = BatchedEngine(1, CPU)
+    (episode,) = episodes(NORM, 1)
+    engine.start([0], [episode])
+    model = copy.deepcopy(episode.instance.model)
+    model[1] = nn.BatchNorm1d(8, track_running_stats=False)  # same parameters
+    instance = dataclasses.replace(episode.instance, model=model)
+    with pytest.raises(ValueError, match=r"buffer '1\.running_mean'"):
+        engine.start([0], [dataclasses.replace(episode, instance=instance)])

@@ -10,6 +10,9 @@ from hyperpilot.envs.episodes import Episode
 from hyperpilot.envs.settings import EnvSettings
 from hyperpilot.envs.tasks import make_family
 
+NORM = "norm_family:NormFamily"
+F64 = torch.float64
+
 # Per run: three (lr, beta1, clip) settings that change every 10 steps. The last run
 # is aggressive (large lr, heavy clipping); in float32 its rounding differences are
 # amplified chaotically (Adam turns tiny gradients into +-lr steps), so float32
@@ -29,8 +32,19 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GP
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 
+FAMILIES = [
+    ("mlp_digits", {}),
+    ("cnn_digits", {}),
+    ("quadratic_2d", {}),
+    (NORM, {"kind": "mlp"}),  # BatchNorm1d: buffers, train and eval modes
+    (NORM, {"kind": "cnn"}),  # BatchNorm2d
+]
+FAMILY_IDS = ["mlp_digits", "cnn_digits", "quadratic_2d", "batchnorm1d", "batchnorm2d"]
+
+
 def reference_run(instance, schedule, dtype, decisions, k, device="cpu"):
-    model = instance.model.to(device, dtype)
+    """The same run with torch.optim.Adam and clip_grad_norm_ in a plain loop."""
+    model = instance.model.to(device, dtype).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1.0, eps=1e-8)
     order = MinibatchOrder(1, len(instance.x_train), instance.batch_size, device)
     order.restart(0, instance.data_seed)
@@ -50,20 +64,35 @@ def reference_run(instance, schedule, dtype, decisions, k, device="cpu"):
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             optimizer.step()
             losses.append(float(loss.detach()))
-    return model, losses
+    return model.eval(), losses
 
 
-@pytest.mark.parametrize("family", ["mlp_digits", "cnn_digits", "quadratic_2d"])
+def eval_losses(model, instance, dtype, device):
+    """Validation loss and test accuracy of `model` as it stands (its own mode)."""
+    with torch.no_grad():
+        val = instance.loss(model(instance.x_val.to(device, dtype)), instance.y_val)
+        output = model(instance.x_test.to(device, dtype))
+    share = (
+        None
+        if instance.accuracy is None
+        else instance.accuracy(output, instance.y_test)
+    )
+    return val, share
+
+
+@pytest.mark.parametrize(("family", "kwargs"), FAMILIES, ids=FAMILY_IDS)
 @pytest.mark.parametrize(
     ("dtype", "rtol", "atol"),
     [("float64", 1e-10, 1e-12), ("float32", 1e-4, 1e-6)],
     ids=["float64", "float32"],
 )
 @pytest.mark.parametrize("device", DEVICES)
-def test_engine_matches_torch_adam_with_clipping(family, dtype, rtol, atol, device):
+def test_engine_matches_torch_adam_with_clipping(
+    family, kwargs, dtype, rtol, atol, device
+):
     torch_dtype = getattr(torch, dtype)
     k, decisions = 10, 10
-    fam = make_family(family, horizon=k * decisions)
+    fam = make_family(family, horizon=k * decisions, **kwargs)
     rng = np.random.default_rng(0)
     schedules = runs_for(dtype)
     instances = [fam.sample(rng) for _ in schedules]
@@ -78,6 +107,7 @@ def test_engine_matches_torch_adam_with_clipping(family, dtype, rtol, atol, devi
         )
         window_losses.append(engine.advance(hparams).train_loss)
     assert not engine.running.any()  # horizon spent, nothing diverged
+    val_loss, test_accuracy = engine.evaluate("val"), engine.accuracy("test")
     for run, instance in enumerate(instances):
         model, losses = reference_run(
             instance, schedules[run], torch_dtype, decisions, k, device
@@ -89,3 +119,35 @@ def test_engine_matches_torch_adam_with_clipping(family, dtype, rtol, atol, devi
             torch.testing.assert_close(
                 engine.params[name][run], param.detach(), rtol=rtol, atol=atol
             )
+        for name, buffer in model.named_buffers():
+            torch.testing.assert_close(
+                engine.buffers[name][run], buffer, rtol=rtol, atol=atol
+            )
+        val, share = eval_losses(model, instance, torch_dtype, device)
+        torch.testing.assert_close(val_loss[run], val, rtol=rtol, atol=atol)
+        if share is not None:
+            torch.testing.assert_close(test_accuracy[run], share)
+
+
+def test_buffers_are_trained_in_train_mode_and_read_in_eval_mode():
+    """The BatchNorm parity above has teeth: the statistics move and modes differ."""
+    instance = make_family(NORM, horizon=20).sample(np.random.default_rng(0))
+    engine = BatchedEngine(1, EnvSettings(device="cpu", dtype="float64"))
+    engine.start([0], [Episode(instance, 1e-2, 0.9, 10.0, True)])
+    engine.advance(engine.hparams)
+    model = instance.model.double()
+    statistics = {"1.running_mean": 0.0, "1.running_var": 1.0}
+    for name, start in statistics.items():
+        assert torch.equal(
+            getattr(model[1], name[2:]), torch.full((8,), start, dtype=F64)
+        )
+        moved = engine.buffers[name][0] - start
+        assert moved.abs().min() > 1e-3, name  # the inputs have mean 3, std 2
+    assert int(engine.buffers["1.num_batches_tracked"][0]) == 10
+    eval_val = engine.evaluate("val")[0]
+    for name, param in model.named_parameters():
+        param.data.copy_(engine.params[name][0])
+    for name, buffer in model.named_buffers():
+        buffer.copy_(engine.buffers[name][0])
+    train_val, _ = eval_losses(model.train(), instance, F64, "cpu")
+    assert not torch.isclose(eval_val, train_val, rtol=1e-3)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 
 from hyperpilot.envs.tasks import (
@@ -20,6 +21,7 @@ from hyperpilot.envs.tasks import (
     register_family,
     registry,
 )
+from hyperpilot.envs.tasks.base import build_model
 from hyperpilot.envs.tasks.splits import available_splits, load_split
 
 NEEDS_ARGUMENTS = {"data_file"}  # needs path=...; see tests/test_data_file.py
@@ -103,7 +105,6 @@ def test_forward_and_backward_are_finite(name):
 @pytest.mark.parametrize("name", FAMILIES)
 def test_instance_contract(name):
     instance = sample(name)
-    assert not list(instance.model.buffers())
     for field in DATA_FIELDS:
         tensor = getattr(instance, field)
         if field.startswith("x"):
@@ -189,21 +190,20 @@ def test_val_and_test_data_differ_from_train(name):
 def test_stacked_vmap_matches_the_plain_model(name):
     """The engine's batched gradient equals each instance's own autograd gradient."""
     instances = [sample(name, seed=s) for s in (11, 12)]
-    base = copy.deepcopy(instances[0].model).to("meta")
+    base = copy.deepcopy(instances[0].model).to("meta").train()
     loss_fn = instances[0].loss
 
-    def loss_of(params, x, y):
-        return loss_fn(functional_call(base, params, (x,)), y)
+    def loss_of(params, buffers, x, y):
+        return loss_fn(functional_call(base, (params, buffers), (x,)), y)
 
     params, buffers = stack_module_state([i.model for i in instances])
-    assert not buffers
     batches = [minibatch(i) for i in instances]
     x = torch.stack([b[0] for b in batches])
     y = torch.stack([b[1] for b in batches])
-    grads, losses = vmap(grad_and_value(loss_of))(params, x, y)
+    grads, losses = vmap(grad_and_value(loss_of))(params, buffers, x, y)
 
     for index, instance in enumerate(instances):
-        model = instance.model
+        model = instance.model.train()
         model.zero_grad()
         loss = instance.loss(model(batches[index][0]), batches[index][1])
         loss.backward()
@@ -212,6 +212,52 @@ def test_stacked_vmap_matches_the_plain_model(name):
             torch.testing.assert_close(
                 grads[param_name][index], param.grad, rtol=1e-4, atol=1e-6
             )
+
+
+def _norm_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(3, 4), nn.BatchNorm1d(4), nn.LayerNorm(4), nn.Linear(4, 2)
+    )
+
+
+def test_build_model_gives_norm_layers_their_defaults():
+    model = build_model(_norm_net, torch.Generator().manual_seed(0), init_scale=2.0)
+    linear, batch_norm, layer_norm, _ = model
+    for norm in (batch_norm, layer_norm):
+        assert torch.equal(norm.weight, torch.ones(4))
+        assert torch.equal(norm.bias, torch.zeros(4))
+    assert torch.equal(batch_norm.running_mean, torch.zeros(4))
+    assert torch.equal(batch_norm.running_var, torch.ones(4))
+    assert int(batch_norm.num_batches_tracked) == 0
+    assert 0.5 < linear.weight.abs().max() <= 2.0 / 3**0.5  # init_scale / sqrt(3)
+
+
+def test_build_model_draws_as_before_around_norm_layers():
+    """Norm layers draw nothing: the other layers get the draws of a net without."""
+    plain = build_model(
+        lambda: nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)),
+        torch.Generator().manual_seed(0),
+    )
+    normed = build_model(_norm_net, torch.Generator().manual_seed(0))
+    assert torch.equal(plain[0].weight, normed[0].weight)
+    assert torch.equal(plain[1].bias, normed[3].bias)
+
+
+class _ConstantBuffer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("table", torch.arange(3.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.table
+
+
+def test_build_model_refuses_a_buffer_it_cannot_initialize():
+    with pytest.raises(ValueError, match=r"'1\.table' of _ConstantBuffer.*forward"):
+        build_model(
+            lambda: nn.Sequential(nn.Linear(3, 3), _ConstantBuffer()),
+            torch.Generator(),
+        )
 
 
 # --- free knobs ---------------------------------------------------------------

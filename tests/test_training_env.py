@@ -16,8 +16,13 @@ INFO_KEYS = {"train_loss", "val_loss", "grad_norm", "lr", "beta1", "clip", "task
         {"family": "quadratic_2d"},
         {"family": "quadratic_2d", "controlled": ["lr"], "action_mode": "residual"},
         {"family": "mlp_digits", "family_kwargs": {"width": 32, "horizon": 40}},
+        {  # tests/norm_family.py: a model with buffers
+            "family": "norm_family:NormFamily",
+            "decision_interval": 2,
+            "family_kwargs": {"horizon": 8},
+        },
     ],
-    ids=["quadratic", "lr-only-residual", "mlp-digits"],
+    ids=["quadratic", "lr-only-residual", "mlp-digits", "buffers"],
 )
 def test_passes_gymnasium_and_sb3_checkers(kwargs):
     env = gym.make(ENV_ID, device="cpu", **kwargs)

@@ -7,6 +7,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor, VecNormali
 from hyperpilot.envs import BatchedTrainingVecEnv, InnerTrainingEnv
 
 N = 4
+NORM = "norm_family:NormFamily"  # tests/norm_family.py
 # The VecEnv contract, shared with tests/test_ray.py (RayVecEnv must pass it too).
 CONTRACT_CASES = pytest.mark.parametrize(
     ("family", "settings"),
@@ -25,6 +26,12 @@ CONTRACT_CASES = pytest.mark.parametrize(
 @CONTRACT_CASES
 def test_vec_env_matches_a_dummy_vec_env_of_single_envs(family, settings):
     check_matches_single_envs(BatchedTrainingVecEnv, family, settings)
+
+
+def test_vec_env_matches_single_envs_on_a_model_with_buffers():
+    """BatchNorm statistics, kept per run, reset with each new instance."""
+    settings = {"decision_interval": 2, "family_kwargs": {"kind": "cnn", "horizon": 7}}
+    check_matches_single_envs(BatchedTrainingVecEnv, NORM, settings)
 
 
 def check_matches_single_envs(make_venv, family, settings, steps=25):

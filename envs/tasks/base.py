@@ -6,7 +6,7 @@ import abc
 import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import numpy as np
 import torch
@@ -25,8 +25,12 @@ class TaskInstance:
 
     Attributes:
         family: Name of the family that drew it.
-        model: An ordinary `torch.nn.Module` on the CPU, already initialized.
-            It has parameters only (no buffers), so runs can be stacked.
+        model: An ordinary `torch.nn.Module` on the CPU, already initialized. Its
+            parameters and buffers (BatchNorm running statistics, `SeededDropout`
+            state) are stacked per run; the engine runs it in `train()` mode for
+            the inner steps, where buffers are updated per run, and in `eval()`
+            mode for validation and test losses and accuracy. Its randomness must
+            come from its buffers (use `SeededDropout`, not `nn.Dropout`).
         x_train: Training inputs `[n_train, ...]`; feeds the inner steps.
         y_train: Training targets `[n_train, ...]`.
         x_val: Validation inputs; feed the observation and the reward.
@@ -108,6 +112,15 @@ def torch_generator(rng: np.random.Generator) -> torch.Generator:
     return torch.Generator().manual_seed(int(rng.integers(2**62)))
 
 
+_NORM_LAYERS: Final = (
+    nn.modules.batchnorm._NormBase,  # BatchNorm*d and InstanceNorm*d
+    nn.LayerNorm,
+    nn.GroupNorm,
+    nn.RMSNorm,
+)
+"""Layers whose own `reset_parameters` draws nothing: gain 1, shift 0, fresh stats."""
+
+
 def build_model(
     factory: Callable[[], nn.Module],
     generator: torch.Generator,
@@ -117,15 +130,25 @@ def build_model(
 
     The module is constructed on the meta device (no random draws), then every
     module's `weight` and `bias` are drawn uniform in `+-init_scale / sqrt(fan_in)`,
-    PyTorch's default scale for linear and convolution layers.
+    PyTorch's default scale for linear and convolution layers. Normalization layers
+    (BatchNorm, InstanceNorm, LayerNorm, GroupNorm, RMSNorm) get their PyTorch
+    defaults instead: gain 1, shift 0 and fresh running statistics. Last, every
+    module with a `reset_buffers(generator)` method (such as `SeededDropout`) sets
+    its buffers, in module order.
+
+    Raises:
+        ValueError: If a buffer belongs to a module that cannot initialize it (a
+            meta-built buffer holds no values): compute such constants in
+            `forward`, or give the module a `reset_buffers(generator)` method.
     """
     with torch.device("meta"):
         model = factory()
     model = model.to_empty(device="cpu")
-    if any(True for _ in model.buffers()):
-        raise ValueError("task models must have parameters only (no buffers)")
     with torch.no_grad():
         for module in model.modules():
+            if isinstance(module, _NORM_LAYERS):
+                module.reset_parameters()
+                continue
             weight = getattr(module, "weight", None)
             if not isinstance(weight, nn.Parameter):
                 continue
@@ -134,6 +157,18 @@ def build_model(
             bias = getattr(module, "bias", None)
             if isinstance(bias, nn.Parameter):
                 bias.uniform_(-bound, bound, generator=generator)
+        # Buffers come last, so that a model without them draws what it always drew.
+        for name, module in model.named_modules():
+            if hasattr(module, "reset_buffers"):
+                module.reset_buffers(generator)
+            elif not isinstance(module, _NORM_LAYERS):
+                for buffer, _ in module.named_buffers(recurse=False):
+                    raise ValueError(
+                        f"buffer {'.'.join(filter(None, (name, buffer)))!r} of "
+                        f"{type(module).__name__} cannot be initialized by build_model:"
+                        " compute the constant in forward(), or give the module a "
+                        "reset_buffers(generator) method"
+                    )
     return model
 
 

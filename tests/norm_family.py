@@ -1,0 +1,95 @@
+"""A tiny family with model buffers, loaded by import path by the engine's tests.
+
+`norm_family:NormFamily` classifies Gaussian points by a random linear teacher
+with a small BatchNorm network (BatchNorm1d after a linear layer, or BatchNorm2d
+after a convolution), so the envs' contract tests cover buffers and train/eval
+modes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from hyperpilot.envs.tasks.base import (
+    TaskFamily,
+    TaskInstance,
+    accuracy,
+    build_model,
+    cross_entropy,
+    draw_int,
+    instance_from_splits,
+    torch_generator,
+)
+
+NAME = "norm_family:NormFamily"
+SIZES = (96, 32, 32)
+SIDE = 4  # images are SIDE x SIDE, one channel
+CLASSES = 3
+
+
+class NormFamily(TaskFamily):
+    """Points (or 4x4 images) labelled by a linear teacher, learnt by a BatchNorm net.
+
+    Args:
+        kind: `mlp` (Linear, BatchNorm1d) or `cnn` (Conv2d, BatchNorm2d) (shape knob).
+        width: Hidden units or channels (shape knob).
+        batch_size: Rows per inner step (shape knob).
+        horizon: Inner steps per run (free).
+    """
+
+    def __init__(
+        self,
+        kind: str = "mlp",
+        width: int = 8,
+        batch_size: int = 16,
+        horizon: int | list[int] = 40,
+    ) -> None:
+        if kind not in ("mlp", "cnn"):
+            raise ValueError(f"kind must be 'mlp' or 'cnn', got {kind!r}")
+        self.kind, self.width, self.batch_size = kind, width, batch_size
+        self.horizon = horizon
+
+    @property
+    def shape_key(self) -> tuple[Any, ...]:
+        return (self.kind, self.width, self.batch_size)
+
+    def _model(self) -> nn.Module:
+        if self.kind == "mlp":
+            # No bias before a BatchNorm: its gradient is 0 up to rounding, which Adam
+            # would blow up to lr-sized steps of noise.
+            linear = nn.Linear(SIDE * SIDE, self.width, bias=False)
+            hidden = [linear, nn.BatchNorm1d(self.width)]
+        else:
+            hidden = [
+                nn.Unflatten(1, (1, SIDE, SIDE)),
+                nn.Conv2d(1, self.width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(self.width),
+                nn.Flatten(),
+            ]
+        out = self.width * (1 if self.kind == "mlp" else SIDE * SIDE)
+        return nn.Sequential(*hidden, nn.ReLU(), nn.Linear(out, CLASSES))
+
+    def sample(self, rng: np.random.Generator) -> TaskInstance:
+        horizon = draw_int(rng, self.horizon)
+        generator = torch_generator(rng)
+        # a shift and scale away from 0 and 1, so the running statistics matter
+        x = 3.0 + 2.0 * torch.randn(sum(SIZES), SIDE * SIDE, generator=generator)
+        teacher = torch.randn(SIDE * SIDE, CLASSES, generator=generator)
+        y = ((x - 3.0) @ teacher).argmax(1)
+        model = build_model(self._model, generator)
+        x_train, x_val, x_test = x.split(SIZES)
+        y_train, y_val, y_test = y.split(SIZES)
+        return instance_from_splits(
+            self.name,
+            model,
+            (x_train, y_train, x_val, y_val, x_test, y_test),
+            loss=cross_entropy,
+            accuracy=accuracy,
+            batch_size=self.batch_size,
+            knobs={"horizon": horizon},
+            rng=rng,
+        )

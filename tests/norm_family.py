@@ -2,8 +2,8 @@
 
 `norm_family:NormFamily` classifies Gaussian points by a random linear teacher
 with a small BatchNorm network (BatchNorm1d after a linear layer, or BatchNorm2d
-after a convolution), so the envs' contract tests cover buffers and train/eval
-modes.
+after a convolution) and `SeededDropout`, so the envs' contract tests cover
+buffers, train/eval modes and per-run randomness.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from hyperpilot.envs.tasks.base import (
+    SeededDropout,
     TaskFamily,
     TaskInstance,
     accuracy,
@@ -34,10 +35,13 @@ CLASSES = 3
 class NormFamily(TaskFamily):
     """Points (or 4x4 images) labelled by a linear teacher, learnt by a BatchNorm net.
 
+    The net: Linear (or Conv2d), BatchNorm, ReLU, SeededDropout, Linear.
+
     Args:
         kind: `mlp` (Linear, BatchNorm1d) or `cnn` (Conv2d, BatchNorm2d) (shape knob).
         width: Hidden units or channels (shape knob).
         batch_size: Rows per inner step (shape knob).
+        dropout: Dropout rate after the ReLU (shape knob).
         horizon: Inner steps per run (free).
     """
 
@@ -46,16 +50,18 @@ class NormFamily(TaskFamily):
         kind: str = "mlp",
         width: int = 8,
         batch_size: int = 16,
+        dropout: float = 0.0,
         horizon: int | list[int] = 40,
     ) -> None:
         if kind not in ("mlp", "cnn"):
             raise ValueError(f"kind must be 'mlp' or 'cnn', got {kind!r}")
         self.kind, self.width, self.batch_size = kind, width, batch_size
+        self.dropout = dropout
         self.horizon = horizon
 
     @property
     def shape_key(self) -> tuple[Any, ...]:
-        return (self.kind, self.width, self.batch_size)
+        return (self.kind, self.width, self.batch_size, self.dropout)
 
     def _model(self) -> nn.Module:
         if self.kind == "mlp":
@@ -71,7 +77,8 @@ class NormFamily(TaskFamily):
                 nn.Flatten(),
             ]
         out = self.width * (1 if self.kind == "mlp" else SIDE * SIDE)
-        return nn.Sequential(*hidden, nn.ReLU(), nn.Linear(out, CLASSES))
+        head = [nn.ReLU(), SeededDropout(self.dropout), nn.Linear(out, CLASSES)]
+        return nn.Sequential(*hidden, *head)
 
     def sample(self, rng: np.random.Generator) -> TaskInstance:
         horizon = draw_int(rng, self.horizon)

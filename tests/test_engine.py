@@ -155,3 +155,37 @@ def test_an_instance_without_the_buckets_buffers_is_refused():
     instance = dataclasses.replace(episode.instance, model=model)
     with pytest.raises(ValueError, match=r"buffer '1\.running_mean'"):
         engine.start([0], [dataclasses.replace(episode, instance=instance)])
+
+
+def test_a_runs_dropout_masks_do_not_depend_on_its_bucket():
+    settings = EnvSettings(device="cpu", dtype="float64")
+    eps = episodes(NORM, 4, dropout=0.5, horizon=30)
+    alone = BatchedEngine(1, settings)
+    alone.start([0], [eps[2]])
+    bucket = BatchedEngine(4, settings)
+    bucket.start(range(4), eps)
+    for engine in (alone, bucket):
+        while engine.running.any():
+            engine.advance(engine.hparams)
+    assert bucket.buffers["3.counter"].tolist() == [30] * 4
+    for name, value in alone.params.items():
+        torch.testing.assert_close(bucket.params[name][2], value[0], rtol=1e-12, atol=0)
+    # The comparison has teeth: another dropout seed gives another run.
+    other = dataclasses.replace(
+        eps[2].instance, model=copy.deepcopy(eps[2].instance.model)
+    )
+    other.model[3].seed += 1
+    reseeded = BatchedEngine(1, settings)
+    reseeded.start([0], [dataclasses.replace(eps[2], instance=other)])
+    while reseeded.running.any():
+        reseeded.advance(reseeded.hparams)
+    assert not torch.allclose(reseeded.flat_params, alone.flat_params, rtol=1e-3)
+
+
+def test_evaluation_is_deterministic_and_draws_no_dropout_mask():
+    engine = BatchedEngine(2, CPU)
+    engine.start(range(2), episodes(NORM, 2, dropout=0.5))
+    engine.advance(engine.hparams)
+    counters = engine.buffers["3.counter"].clone()
+    assert torch.equal(engine.evaluate("val"), engine.evaluate("val"))
+    assert torch.equal(engine.buffers["3.counter"], counters)

@@ -38,8 +38,16 @@ FAMILIES = [
     ("quadratic_2d", {}),
     (NORM, {"kind": "mlp"}),  # BatchNorm1d: buffers, train and eval modes
     (NORM, {"kind": "cnn"}),  # BatchNorm2d
+    (NORM, {"dropout": 0.3}),  # SeededDropout: the same masks as a plain loop
 ]
-FAMILY_IDS = ["mlp_digits", "cnn_digits", "quadratic_2d", "batchnorm1d", "batchnorm2d"]
+FAMILY_IDS = [
+    "mlp_digits",
+    "cnn_digits",
+    "quadratic_2d",
+    "batchnorm1d",
+    "batchnorm2d",
+    "dropout",
+]
 
 
 def reference_run(instance, schedule, dtype, decisions, k, device="cpu"):

@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import save_tiny_bundle, train_tiny_ppo
 from torch import nn
+from torch.func import functional_call
 
 from hyperpilot.agents.pilot import Pilot
 from hyperpilot.bundle import load_bundle
@@ -75,8 +76,14 @@ def _engine_run(bundle, instance, with_val):
     }
 
 
-def _pilot_run(bundle, instance, with_val, pilot_cls=Pilot, lag_loss=False):
-    """The user loop of the README, on the engine's data order, in float64."""
+def _pilot_run(
+    bundle, instance, with_val, pilot_cls=Pilot, lag_loss=False, val_buffers=None
+):
+    """The user loop of the README, on the engine's data order, in float64.
+
+    `val_buffers="before_forward"` validates with the buffers as they were before
+    the current step's forward pass (see the BatchNorm test below).
+    """
     model = copy.deepcopy(instance.model).double()
     optimizer = torch.optim.Adam(
         model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8
@@ -90,8 +97,16 @@ def _pilot_run(bundle, instance, with_val, pilot_cls=Pilot, lag_loss=False):
     x_train, y_train = cast(instance.x_train), cast(instance.y_train)
     x_val, y_val = cast(instance.x_val), cast(instance.y_val)
 
-    def val_fn():
-        return float(instance.loss(model(x_val), y_val))
+    buffers = None
+
+    def val_fn():  # in eval mode, as a user's validation should be
+        model.eval()
+        if buffers is None:
+            output = model(x_val)
+        else:
+            output = functional_call(model, buffers, (x_val,))
+        model.train()
+        return float(instance.loss(output, y_val))
 
     recording = _Recording(bundle)
     pilot = pilot_cls(recording)
@@ -100,6 +115,8 @@ def _pilot_run(bundle, instance, with_val, pilot_cls=Pilot, lag_loss=False):
     hparams, losses, window, previous = [], [], [], None
     for step in range(instance.horizon):
         index = order.next()[0]
+        if val_buffers == "before_forward":
+            buffers = {n: b.clone() for n, b in model.named_buffers()}
         loss = instance.loss(model(x_train[index]), y_train[index])
         optimizer.zero_grad()
         loss.backward()
@@ -126,8 +143,13 @@ def _mismatch(a, b):
     return max(*relative, np.abs(a["obs"] - b["obs"]).max())
 
 
-def _instance(family):
-    return make_family(family, horizon=60).sample(np.random.default_rng(0))
+def _instance(family, **kwargs):
+    family = make_family(family, horizon=60, **kwargs)
+    return family.sample(np.random.default_rng(0))
+
+
+# tests/norm_family.py: BatchNorm buffers and SeededDropout (see the val test below)
+NORM = ("norm_family:NormFamily", {"dropout": 0.3})
 
 
 @pytest.mark.parametrize(
@@ -139,11 +161,14 @@ def _instance(family):
         ("quadratic_2d", "compound", False),
         ("quadratic_2d", "residual", True),
         ("quadratic_2d", "residual", False),
+        (NORM, "compound", False),
     ],
+    ids=str,
 )
 def test_pilot_in_a_user_loop_reproduces_the_engine(bundles, family, mode, with_val):
     bundle = load_bundle(bundles[mode])
-    instance = _instance(family)
+    name, kwargs = family if isinstance(family, tuple) else (family, {})
+    instance = _instance(name, **kwargs)
     engine = _engine_run(bundle, instance, with_val)
     pilot = _pilot_run(bundle, instance, with_val)
     assert _mismatch(pilot, engine) < 1e-8
@@ -152,6 +177,22 @@ def test_pilot_in_a_user_loop_reproduces_the_engine(bundles, family, mode, with_
     assert lrs.max() / lrs.min() > 1.1
     assert engine["obs"][:, 9].max() > 0  # clip_fraction
     assert (engine["obs"][:, 12] == float(with_val)).all()  # val_available
+
+
+def test_with_batchnorm_the_pilots_val_fn_sees_one_more_forward(bundle_dir):
+    """A known skew: the user's val_fn runs after the step's train-mode forward.
+
+    At a decision the engine validates after K steps; the Pilot's `val_fn` runs
+    inside `pilot.step`, after that step's forward pass has updated BatchNorm's
+    running statistics once more. With the buffers from before that forward, the
+    two agree.
+    """
+    bundle = load_bundle(bundle_dir)
+    instance = _instance(NORM[0], **NORM[1])
+    engine = _engine_run(bundle, instance, True)
+    assert _mismatch(_pilot_run(bundle, instance, True), engine) > 1e-4
+    matched = _pilot_run(bundle, instance, True, val_buffers="before_forward")
+    assert _mismatch(matched, engine) < 1e-8
 
 
 class _LatePilot(Pilot):

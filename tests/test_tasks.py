@@ -21,7 +21,7 @@ from hyperpilot.envs.tasks import (
     register_family,
     registry,
 )
-from hyperpilot.envs.tasks.base import build_model
+from hyperpilot.envs.tasks.base import SeededDropout, build_model
 from hyperpilot.envs.tasks.splits import available_splits, load_split
 
 NEEDS_ARGUMENTS = {"data_file"}  # needs path=...; see tests/test_data_file.py
@@ -258,6 +258,106 @@ def test_build_model_refuses_a_buffer_it_cannot_initialize():
             lambda: nn.Sequential(nn.Linear(3, 3), _ConstantBuffer()),
             torch.Generator(),
         )
+
+
+# --- SeededDropout ------------------------------------------------------------
+
+
+def _dropout(p: float, seed: int) -> SeededDropout:
+    module = SeededDropout(p)
+    module.reset_buffers(torch.Generator().manual_seed(seed))
+    return module
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_seeded_dropout_drops_at_its_rate_and_scales_the_rest(p):
+    x = torch.rand(400, 500, dtype=torch.float64, generator=torch.Generator()) + 1
+    out = _dropout(p, seed=0)(x)
+    dropped = out == 0
+    rate = round(p * 256) / 256  # p rounded to whole bytes
+    assert abs(p - rate) <= 1 / 512
+    assert (
+        abs(float(dropped.double().mean()) - rate)
+        < 5 * (rate * (1 - rate) / x.numel()) ** 0.5
+    )
+    torch.testing.assert_close(
+        out[~dropped], x[~dropped] / (1 - rate), rtol=1e-15, atol=0
+    )
+
+
+def test_seeded_dropout_masks_differ_between_seeds_and_steps_and_repeat_per_seed():
+    p, x = 0.5, torch.ones(256, 256)
+    first, twin, other = _dropout(p, 1), _dropout(p, 1), _dropout(p, 2)
+    masks = [first(x) == 0 for _ in range(3)]
+    assert first.counter == 3
+    for mask in masks:  # the same seed and counter give the same mask
+        assert torch.equal(twin(x) == 0, mask)
+    other_mask = other(x) == 0
+
+    def agreement(a, b):  # independent masks agree on about half the elements
+        return float((a == b).double().mean())
+
+    pairs = [(masks[0], masks[1]), (masks[1], masks[2]), (masks[0], other_mask)]
+    for a, b in pairs:
+        assert abs(agreement(a, b) - 0.5) < 0.01
+    # neighbours, within one hash word and across words, are independent too
+    flat = masks[0].flatten().double()
+    for lag in (1, 2, 4, 5):
+        both = float((flat[lag:] * flat[:-lag]).mean())
+        assert abs(both - 0.25) < 0.01, lag
+
+
+def test_seeded_dropout_is_the_identity_in_eval_mode_and_leaves_global_rngs_alone():
+    state = torch.random.get_rng_state()
+    module, x = _dropout(0.5, 0), torch.ones(8, 8)
+    assert not torch.equal(module(x), x)
+    module.eval()
+    assert module(x) is x
+    assert module.counter == 1  # eval calls draw nothing
+    assert torch.equal(torch.random.get_rng_state(), state)
+
+
+def test_seeded_dropout_under_vmap_draws_each_runs_own_masks():
+    modules = [_dropout(0.3, seed) for seed in (4, 5, 6)]
+    _, buffers = stack_module_state(modules)
+    base = copy.deepcopy(modules[0]).to("meta")
+    x = torch.ones(3, 10, 7)
+
+    def call(buffers, x):
+        return functional_call(base, buffers, (x,))
+
+    batched = vmap(call)(buffers, x)
+    assert buffers["counter"].tolist() == [1, 1, 1]
+    for index, module in enumerate(modules):
+        assert torch.equal(batched[index], module(x[index]))
+
+
+def test_build_model_seeds_each_dropout_and_keeps_the_weights_of_a_net_without():
+    def net(dropout: bool) -> nn.Module:
+        layers = [
+            nn.Linear(3, 4),
+            SeededDropout(0.5),
+            nn.Linear(4, 2),
+            SeededDropout(0.5),
+        ]
+        return nn.Sequential(
+            *(m for m in layers if dropout or isinstance(m, nn.Linear))
+        )
+
+    built = [
+        build_model(lambda: net(True), torch.Generator().manual_seed(0)) for _ in "ab"
+    ]
+    plain = build_model(lambda: net(False), torch.Generator().manual_seed(0))
+    first, second = built[0][1], built[0][3]
+    assert first.seed != second.seed and first.counter == second.counter == 0
+    assert built[1][1].seed == first.seed and built[1][3].seed == second.seed
+    assert torch.equal(plain[1].weight, built[0][2].weight)
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, 0.999])
+def test_seeded_dropout_refuses_a_bad_rate(p):
+    with pytest.raises(ValueError, match="dropout p"):
+        SeededDropout(p)
 
 
 # --- free knobs ---------------------------------------------------------------

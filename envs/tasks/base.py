@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import itertools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
@@ -170,6 +171,97 @@ def build_model(
                         "reset_buffers(generator) method"
                     )
     return model
+
+
+_MASK32: Final = 0xFFFFFFFF
+
+
+def _mix32(h: torch.Tensor) -> torch.Tensor:
+    """A bijective 32-bit integer mix (xorshift-multiply), on int64 in `[0, 2**32)`.
+
+    Its odd multipliers stay below 2**31, so no int64 product overflows and every
+    device computes the same bits.
+    """
+    h = h ^ (h >> 16)
+    h = (h * 0x7FEB352D) & _MASK32
+    h = h ^ (h >> 15)
+    h = (h * 0x27D4EB2F) & _MASK32
+    return h ^ (h >> 16)
+
+
+def counter_bytes(
+    seed: torch.Tensor, counter: torch.Tensor, shape: torch.Size
+) -> torch.Tensor:
+    """Uniform random bytes for every element of `shape`, from a seed and a counter.
+
+    A counter-based generator: a key hashed from `(seed, counter)`, then word `i`
+    is `mix(i ^ key)`, whose four bytes serve four elements. Integer tensor ops
+    only, so it is deterministic on every device, works under `vmap` (one seed and
+    counter per run) and draws nothing from torch's RNGs. Four bytes per hash keep
+    it about as fast as `torch.rand` on the CPU.
+
+    Args:
+        seed: int64 scalar tensor (its low 62 bits are used).
+        counter: int64 scalar tensor, e.g. the number of draws so far (its low 32
+            bits are used).
+        shape: The shape of the result (fewer than 2**34 elements).
+
+    Returns:
+        uint8 tensor of `shape` on `seed`'s device.
+    """
+    numel = math.prod(shape)
+    key = _mix32((seed & _MASK32) ^ _mix32((seed >> 32) & _MASK32))
+    key = _mix32(key ^ _mix32(counter & _MASK32))
+    words = _mix32(torch.arange((numel + 3) // 4, device=seed.device) ^ key)
+    lanes = [((words >> shift) & 0xFF).to(torch.uint8) for shift in (0, 8, 16, 24)]
+    return torch.stack(lanes, -1).flatten()[:numel].view(shape)
+
+
+class SeededDropout(nn.Module):
+    """Dropout that draws its masks from its own buffers, never from a global RNG.
+
+    Use it in task models instead of `nn.Dropout`. In train mode each call drops
+    each element with probability `p` and scales the others by `1 / (1 - p)`, as
+    `nn.Dropout` does, with masks from `counter_bytes(seed, counter)`, then adds 1
+    to `counter`; in eval mode it is the identity. The buffers `seed` and `counter`
+    (int64 scalars) are stacked per run by the engine like any other buffer, so a
+    run's masks depend only on its own seed and step, never on the other runs in
+    its bucket; a plain `model(x)` call outside the engine draws the same masks.
+    `build_model` draws the seed from the instance's generator (`reset_buffers`).
+
+    The masks come from random bytes, so `p` is rounded to a multiple of 1/256
+    (0.1 drops 26/256 = 10.2%; the scaling uses the rounded rate). `p` is part of
+    the model's structure, fixed per engine bucket: make it a shape knob.
+
+    Args:
+        p: Probability of dropping an element, in `[0, 0.998)`.
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        self._drop_bytes = round(p * 256)
+        if not (0.0 <= p < 1.0 and self._drop_bytes < 256):
+            raise ValueError(f"dropout p must lie in [0, 0.998), got {p}")
+        self.p = float(p)
+        self.register_buffer("seed", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("counter", torch.zeros((), dtype=torch.int64))
+
+    def reset_buffers(self, generator: torch.Generator) -> None:
+        """Draws a new seed from `generator` and sets the counter to 0."""
+        self.seed.fill_(int(torch.randint(2**62, (), generator=generator)))
+        self.counter.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Drops elements of `x` in train mode; returns `x` itself in eval mode."""
+        if not self.training or self._drop_bytes == 0:
+            return x
+        keep = counter_bytes(self.seed, self.counter, x.shape) >= self._drop_bytes
+        self.counter.add_(1)
+        return x * (keep.to(x.dtype) * (256 / (256 - self._drop_bytes)))
+
+    def extra_repr(self) -> str:
+        """Shows `p` in the module's repr."""
+        return f"p={self.p}"
 
 
 def mlp(

@@ -82,6 +82,11 @@ def test_all_families_are_registered():
         "coord_mlp_flower",
         "fourier_mlp_hopper",
         "autoencoder_digits",
+        "vae_digits",
+        "vae_china_patches",
+        "bn_cnn_shapes",
+        "resmlp_digits",
+        "mlp_dropout_breast_cancer",
     }
     assert expected <= set(FAMILIES)
 
@@ -372,6 +377,7 @@ RANGES = {
     "condition": [2.0, 4.0],
     "scale": [3.0, 6.0],
     "rate": [1.0, 4.0],
+    "clutter": [0.2, 0.4],
 }
 FIXED = {
     "horizon": 123,
@@ -383,6 +389,7 @@ FIXED = {
     "condition": 3.0,
     "scale": 5.0,
     "rate": 2.5,
+    "clutter": 0.3,
 }
 KNOB_CASES = [
     pytest.param(name, knob, id=f"{name}-{knob}")

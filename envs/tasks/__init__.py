@@ -13,6 +13,7 @@ from hyperpilot.envs.tasks import (  # noqa: F401
     generative,
     quadratic,
     sequences,
+    shapes,
     tabular,
     teacher,
     text,

@@ -34,8 +34,8 @@ def load_series(name: str) -> torch.Tensor:
     """A real series shipped inside statsmodels, as float32 `[n]`; never downloaded.
 
     Args:
-        name: `co2` (weekly Mauna Loa CO2 in ppm, 1958-2001, 2284 weeks; the 59
-            missing weeks are filled by linear interpolation), `sunspots` (yearly
+        name: `co2` (monthly means of the weekly Mauna Loa CO2 in ppm, 1958-2001,
+            526 months; a month without readings is interpolated), `sunspots` (yearly
             mean sunspot number, 1700-2008, 309 years) or `elnino` (monthly sea
             surface temperature of the Pacific's El Nino region, 1950-2010, 732
             months).
@@ -46,7 +46,8 @@ def load_series(name: str) -> torch.Tensor:
     from statsmodels import datasets
 
     if name == "co2":
-        values = datasets.co2.load_pandas().data["co2"].interpolate().to_numpy()
+        weekly = datasets.co2.load_pandas().data["co2"]
+        values = weekly.resample("MS").mean().interpolate().to_numpy()
     elif name == "sunspots":
         values = datasets.sunspots.load_pandas().data["SUNACTIVITY"].to_numpy()
     elif name == "elnino":
@@ -204,7 +205,7 @@ class _Forecaster(TaskFamily):
 
 @register_family("gru_co2")
 class GRUCO2(_Forecaster):
-    """A GRU forecasts weekly Mauna Loa CO2 (statsmodels' `co2`, 1958-2001).
+    """A GRU forecasts monthly Mauna Loa CO2 (statsmodels' `co2`, 1958-2001).
 
     A trend with a strong yearly cycle and little noise. See `_Forecaster` for the
     data layout, loss and knobs.

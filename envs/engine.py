@@ -150,6 +150,8 @@ class BatchedEngine:
         self.adam = BatchedAdam(
             self.flat_params, self.settings.beta2, self.settings.eps
         )
+        self.weight_decay = torch.zeros(n, **kw)
+        self._decays = False  # whether any run has weight decay
         self.tracker = FeatureTracker(n, self.device)
         self.last_obs = torch.zeros(n, N_FEATURES, device=self.device)
         self.hparams = Hyperparams.full(n, 1e-3, 0.9, 1.0, **kw)
@@ -225,6 +227,7 @@ class BatchedEngine:
                 lr[run], beta1[run], clip[run] = episode.lr, episode.beta1, episode.clip
                 val_available[run] = episode.val_available
             self.hparams = Hyperparams(lr, beta1, clip)
+            self._decays = any(i.weight_decay for i in self.instances if i)
             self.initial = self.hparams.where(mask, self.initial)
             self.adam.reset_runs(mask)
             for state in (self.prev_grad, self.prev_grad_norm, self.prev_update):
@@ -270,6 +273,7 @@ class BatchedEngine:
         if instance.batch_size != self.batch_size:
             raise ValueError("runs in one engine need the same batch_size")
         self.order.restart(run, instance.data_seed)
+        self.weight_decay[run] = instance.weight_decay
         self.horizon[run] = instance.horizon
         self.families[run] = instance.family
         self.instances[run] = instance
@@ -348,7 +352,14 @@ class BatchedEngine:
             # the previous one: no copy of the gradients per step.
             self.prev_grad = grad
             self.prev_grad_norm = norm * factor
-            self.prev_update = self.adam.step(self.flat_params, grad, lr, beta1, active)
+            self.prev_update = self.adam.step(
+                self.flat_params,
+                grad,
+                lr,
+                beta1,
+                active,
+                self.weight_decay if self._decays else None,
+            )
             self.tracker.record_step(loss, norm, (factor < 1.0) & active, agreement)
             self.step_count += active.long()
         with torch.no_grad():

@@ -3,8 +3,9 @@
 Each run's parameters are one row of P numbers, so every step is a handful of
 whole-buffer tensor ops however many layers the model has. The functions match
 their PyTorch counterparts run by run: `clip_by_global_norm` is
-`torch.nn.utils.clip_grad_norm_` and `BatchedAdam.step` is `torch.optim.Adam` (no
-weight decay, no amsgrad), with every hyperparameter a `[N]` tensor.
+`torch.nn.utils.clip_grad_norm_` and `BatchedAdam.step` is `torch.optim.Adam`, or
+`torch.optim.AdamW` with a per-run decoupled weight decay (no amsgrad), with every
+hyperparameter a `[N]` tensor.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class BatchedAdam:
         # allocating fresh [N, P] tensors each step cost page faults.
         self._denom = torch.empty_like(params)
         self._update = torch.zeros_like(params)
+        self._decay: torch.Tensor | None = None  # allocated at the first decay
         self.steps = torch.zeros(len(params), dtype=torch.float64, device=params.device)
 
     def reset_runs(self, runs: torch.Tensor) -> None:
@@ -68,15 +70,27 @@ class BatchedAdam:
         lr: torch.Tensor,
         beta1: torch.Tensor,
         active: torch.Tensor,
+        weight_decay: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One Adam step for the runs in `active` (`[N]` bool); the others stand still.
 
         Follows `torch.optim.Adam`'s single-tensor update: `beta1` may change between
         steps, and the bias correction uses the current `beta1`, as PyTorch does.
+        With `weight_decay`, it is `torch.optim.AdamW`: each active run's parameters
+        first shrink by `1 - lr * weight_decay`, then take the Adam step. A run whose
+        weight decay is 0 steps exactly as without it.
+
+        Args:
+            params: `[N, P]` parameters, updated in place.
+            grad: `[N, P]` (clipped) gradients.
+            lr: `[N]` learning rates.
+            beta1: `[N]` first-moment decays.
+            active: `[N]` bool, the runs that step.
+            weight_decay: `[N]` decoupled weight decays, or None for plain Adam.
 
         Returns:
-            The `[N, P]` parameter change of this step (a buffer that the next step
-            overwrites).
+            The `[N, P]` parameter change of this step, decay included (a buffer that
+            the next step overwrites).
         """
         self.steps += active.to(self.steps.dtype)
         steps = self.steps.clamp(min=1.0)
@@ -84,6 +98,14 @@ class BatchedAdam:
         bias_correction1 = (1.0 - beta1.to(torch.float64).pow(steps)).to(dtype)
         bias_correction2_sqrt = (1.0 - self.beta2**steps).sqrt().to(dtype)
         step_size = torch.where(active, lr / bias_correction1, torch.zeros_like(lr))
+        decay = None
+        if weight_decay is not None:
+            shrink = torch.where(active, lr * weight_decay, torch.zeros_like(lr))
+            shrink = shrink[:, None]
+            if self._decay is None:
+                self._decay = torch.empty_like(params)
+            decay = torch.mul(params, shrink, out=self._decay)
+            params.mul_(1.0 - shrink)  # as torch.optim.AdamW: p.mul_(1 - lr * wd)
         weight = (1.0 - beta1)[:, None]
         # Reading `active` back waits for the device: take the fast path on the CPU only.
         if params.device.type == "cpu" and bool(active.all()):
@@ -100,4 +122,6 @@ class BatchedAdam:
         update = torch.div(self.exp_avg, denom, out=self._update)
         update.mul_(-step_size[:, None])
         params.add_(update)
+        if decay is not None:
+            update.sub_(decay)
         return update

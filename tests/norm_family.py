@@ -15,18 +15,19 @@ import torch
 from torch import nn
 
 from hyperpilot.envs.tasks.base import (
+    Range,
     SeededDropout,
     TaskFamily,
     TaskInstance,
     accuracy,
     build_model,
     cross_entropy,
+    draw,
     draw_int,
     instance_from_splits,
     torch_generator,
 )
 
-NAME = "norm_family:NormFamily"
 SIZES = (96, 32, 32)
 SIDE = 4  # images are SIDE x SIDE, one channel
 CLASSES = 3
@@ -42,6 +43,7 @@ class NormFamily(TaskFamily):
         width: Hidden units or channels (shape knob).
         batch_size: Rows per inner step (shape knob).
         dropout: Dropout rate after the ReLU (shape knob).
+        weight_decay: Decoupled weight decay of the inner AdamW (free).
         horizon: Inner steps per run (free).
     """
 
@@ -51,13 +53,14 @@ class NormFamily(TaskFamily):
         width: int = 8,
         batch_size: int = 16,
         dropout: float = 0.0,
-        horizon: int | list[int] = 40,
+        weight_decay: Range = 0.0,
+        horizon: Range = 40,
     ) -> None:
         if kind not in ("mlp", "cnn"):
             raise ValueError(f"kind must be 'mlp' or 'cnn', got {kind!r}")
         self.kind, self.width, self.batch_size = kind, width, batch_size
         self.dropout = dropout
-        self.horizon = horizon
+        self.weight_decay, self.horizon = weight_decay, horizon
 
     @property
     def shape_key(self) -> tuple[Any, ...]:
@@ -81,7 +84,10 @@ class NormFamily(TaskFamily):
         return nn.Sequential(*hidden, *head)
 
     def sample(self, rng: np.random.Generator) -> TaskInstance:
-        horizon = draw_int(rng, self.horizon)
+        knobs = {
+            "horizon": draw_int(rng, self.horizon),
+            "weight_decay": draw(rng, self.weight_decay),
+        }
         generator = torch_generator(rng)
         # a shift and scale away from 0 and 1, so the running statistics matter
         x = 3.0 + 2.0 * torch.randn(sum(SIZES), SIDE * SIDE, generator=generator)
@@ -97,6 +103,6 @@ class NormFamily(TaskFamily):
             loss=cross_entropy,
             accuracy=accuracy,
             batch_size=self.batch_size,
-            knobs={"horizon": horizon},
+            knobs=knobs,
             rng=rng,
         )

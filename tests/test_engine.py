@@ -189,3 +189,21 @@ def test_evaluation_is_deterministic_and_draws_no_dropout_mask():
     counters = engine.buffers["3.counter"].clone()
     assert torch.equal(engine.evaluate("val"), engine.evaluate("val"))
     assert torch.equal(engine.buffers["3.counter"], counters)
+
+
+def test_a_run_without_weight_decay_steps_bit_for_bit_as_adam():
+    """In a bucket where another run decays, a run without decay is plain Adam."""
+    first, second = episodes(NORM, 2, weight_decay=0.5)
+    plain = dataclasses.replace(first.instance, weight_decay=0.0)
+    first = dataclasses.replace(first, instance=plain)
+    no_decay = dataclasses.replace(second.instance, weight_decay=0.0)
+    results = []
+    for other in (second, dataclasses.replace(second, instance=no_decay)):
+        engine = BatchedEngine(2, CPU)
+        engine.start(range(2), [first, other])
+        while engine.running.any():
+            engine.advance(engine.hparams)
+        results.append(engine.flat_params)
+    decaying, adam = results
+    assert torch.equal(decaying[0], adam[0])
+    assert not torch.allclose(decaying[1], adam[1], rtol=1e-3)

@@ -7,6 +7,7 @@ import torch
 from hyperpilot.envs.actions import Hyperparams
 from hyperpilot.envs.engine import BatchedEngine, MinibatchOrder
 from hyperpilot.envs.episodes import Episode
+from hyperpilot.envs.optim import BatchedAdam
 from hyperpilot.envs.settings import EnvSettings
 from hyperpilot.envs.tasks import make_family
 
@@ -39,6 +40,7 @@ FAMILIES = [
     (NORM, {"kind": "mlp"}),  # BatchNorm1d: buffers, train and eval modes
     (NORM, {"kind": "cnn"}),  # BatchNorm2d
     (NORM, {"dropout": 0.3}),  # SeededDropout: the same masks as a plain loop
+    (NORM, {"weight_decay": [0.05, 0.5]}),  # AdamW, a weight decay per run
 ]
 FAMILY_IDS = [
     "mlp_digits",
@@ -47,13 +49,19 @@ FAMILY_IDS = [
     "batchnorm1d",
     "batchnorm2d",
     "dropout",
+    "weight_decay",
 ]
 
 
 def reference_run(instance, schedule, dtype, decisions, k, device="cpu"):
-    """The same run with torch.optim.Adam and clip_grad_norm_ in a plain loop."""
+    """The same run with torch.optim.Adam(W) and clip_grad_norm_ in a plain loop."""
     model = instance.model.to(device, dtype).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1.0, eps=1e-8)
+    if instance.weight_decay:
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=1.0, eps=1e-8, weight_decay=instance.weight_decay
+        )
+    else:
+        optimizer = torch.optim.Adam(model.parameters(), lr=1.0, eps=1e-8)
     order = MinibatchOrder(1, len(instance.x_train), instance.batch_size, device)
     order.restart(0, instance.data_seed)
     losses = []
@@ -159,3 +167,71 @@ def test_buffers_are_trained_in_train_mode_and_read_in_eval_mode():
         buffer.copy_(engine.buffers[name][0])
     train_val, _ = eval_losses(model.train(), instance, F64, "cpu")
     assert not torch.isclose(eval_val, train_val, rtol=1e-3)
+
+
+def test_adamw_steps_by_hand():
+    """Two AdamW steps on 2 elements, written out; lr and beta1 change in between.
+
+    Run 0 decays, run 1 has no decay (plain Adam), run 2 is inactive at step 2.
+    """
+    p0, g1, g2 = [1.0, -2.0], [0.5, 0.1], [-0.2, 0.3]
+    (lr1, b1), (lr2, b2), beta2, eps, wd = (0.1, 0.9), (0.05, 0.8), 0.999, 1e-8, 0.5
+
+    def by_hand(decay):
+        p, m, v = list(p0), [0.0, 0.0], [0.0, 0.0]
+        for t, (g, lr, beta1) in enumerate(((g1, lr1, b1), (g2, lr2, b2)), 1):
+            for i in range(2):
+                p[i] *= 1 - lr * decay
+                m[i] = beta1 * m[i] + (1 - beta1) * g[i]
+                v[i] = beta2 * v[i] + (1 - beta2) * g[i] ** 2
+                denom = (v[i] / (1 - beta2**t)) ** 0.5 + eps
+                p[i] -= lr / (1 - beta1**t) * m[i] / denom
+        return p
+
+    params = torch.tensor([p0] * 3, dtype=F64)
+    adam = BatchedAdam(params, beta2, eps)
+    decays = torch.tensor([wd, 0.0, wd], dtype=F64)
+    for g, lr, beta1, active in (
+        (g1, lr1, b1, [True, True, True]),
+        (g2, lr2, b2, [True, True, False]),
+    ):
+        adam.step(
+            params,
+            torch.tensor([g] * 3, dtype=F64),
+            torch.full((3,), lr, dtype=F64),
+            torch.full((3,), beta1, dtype=F64),
+            torch.tensor(active),
+            decays,
+        )
+    expected = torch.tensor([by_hand(wd), by_hand(0.0)], dtype=F64)
+    torch.testing.assert_close(params[:2], expected, rtol=1e-14, atol=0)
+    # after one step only, run 2 matches step 1 by hand: (0.95, -1.9) - 0.1 * ~1
+    step1 = [0.95 - 0.1 * 0.5 / (0.5 + eps), -1.9 - 0.1 * 0.1 / (0.1 + eps)]
+    torch.testing.assert_close(params[2], torch.tensor(step1, dtype=F64))
+    # and torch.optim.AdamW agrees
+    for decay, row in ((wd, 0), (0.0, 1)):
+        param = torch.tensor(p0, dtype=F64, requires_grad=True)
+        optimizer = torch.optim.AdamW(
+            [param], lr=lr1, betas=(b1, beta2), eps=eps, weight_decay=decay
+        )
+        for g, lr, beta1 in ((g1, lr1, b1), (g2, lr2, b2)):
+            optimizer.param_groups[0].update(lr=lr, betas=(beta1, beta2))
+            param.grad = torch.tensor(g, dtype=F64)
+            optimizer.step()
+        torch.testing.assert_close(params[row], param.detach(), rtol=1e-14, atol=0)
+
+
+def test_the_returned_update_is_the_whole_parameter_change():
+    generator = torch.Generator().manual_seed(0)
+    params = torch.randn(2, 5, dtype=F64, generator=generator)
+    before = params.clone()
+    adam = BatchedAdam(params)
+    update = adam.step(
+        params,
+        torch.randn(2, 5, dtype=F64, generator=generator),
+        torch.tensor([1e-2, 1e-2], dtype=F64),
+        torch.tensor([0.9, 0.9], dtype=F64),
+        torch.tensor([True, True]),
+        torch.tensor([0.3, 0.0], dtype=F64),
+    )
+    torch.testing.assert_close(update, params - before, rtol=1e-12, atol=1e-15)

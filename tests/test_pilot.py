@@ -85,8 +85,12 @@ def _pilot_run(
     the current step's forward pass (see the BatchNorm test below).
     """
     model = copy.deepcopy(instance.model).double()
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=1e-3,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=instance.weight_decay,  # 0: Adam
     )
     order = MinibatchOrder(1, len(instance.x_train), instance.batch_size, "cpu")
     order.restart(0, instance.data_seed)
@@ -148,8 +152,9 @@ def _instance(family, **kwargs):
     return family.sample(np.random.default_rng(0))
 
 
-# tests/norm_family.py: BatchNorm buffers and SeededDropout (see the val test below)
-NORM = ("norm_family:NormFamily", {"dropout": 0.3})
+# tests/norm_family.py: BatchNorm buffers, SeededDropout and AdamW's weight decay
+# (with a val_fn, see the BatchNorm test below)
+NORM = ("norm_family:NormFamily", {"dropout": 0.3, "weight_decay": 0.2})
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import random
 from pathlib import Path
@@ -263,6 +264,13 @@ def test_build_model_refuses_a_buffer_it_cannot_initialize():
             lambda: nn.Sequential(nn.Linear(3, 3), _ConstantBuffer()),
             torch.Generator(),
         )
+
+
+@pytest.mark.parametrize("weight_decay", [-0.1, float("inf"), float("nan")])
+def test_an_instance_refuses_a_bad_weight_decay(weight_decay):
+    instance = sample("quadratic_2d")
+    with pytest.raises(ValueError, match="weight_decay of a 'quadratic_2d' instance"):
+        dataclasses.replace(instance, weight_decay=weight_decay)
 
 
 # --- SeededDropout ------------------------------------------------------------

@@ -43,6 +43,9 @@ class TaskInstance:
         horizon: Inner steps in one training run.
         data_seed: Seeds the run's minibatch order.
         accuracy: Optional `accuracy(output, target)` for classification tasks.
+        weight_decay: Decoupled weight decay of the inner optimizer (AdamW:
+            parameters shrink by `1 - lr * weight_decay` each step, on every
+            parameter); 0 gives Adam.
         knobs: The free knobs drawn for this instance (for logs and reports).
     """
 
@@ -59,7 +62,15 @@ class TaskInstance:
     horizon: int
     data_seed: int
     accuracy: LossFn | None = None
+    weight_decay: float = 0.0
     knobs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.weight_decay < math.inf:
+            raise ValueError(
+                f"weight_decay of a {self.family!r} instance must be a finite "
+                f"number >= 0, got {self.weight_decay}"
+            )
 
 
 class TaskFamily(abc.ABC):
@@ -367,8 +378,8 @@ def classification_instance(
         splits: `(x_train, y_train, x_val, y_val, x_test, y_test)`, clean integer
             labels.
         n_classes: Classes a flipped label is drawn from.
-        knobs: The drawn free knobs; reads `label_noise`, `init_scale` and
-            `horizon`, and is stored on the instance.
+        knobs: The drawn free knobs; reads `label_noise`, `init_scale`,
+            `horizon` and `weight_decay` (optional), and is stored on the instance.
         batch_size: Rows per inner step.
         generator: Source of the label flips and the initial weights.
         rng: Source of the data seed.
@@ -406,7 +417,8 @@ def instance_from_splits(
 ) -> TaskInstance:
     """Wraps a built model and `(x_train, y_train, x_val, y_val, x_test, y_test)`.
 
-    The horizon comes from `knobs["horizon"]`; the data seed is the last draw from
+    The horizon comes from `knobs["horizon"]`, the weight decay from
+    `knobs["weight_decay"]` (0 when absent); the data seed is the last draw from
     `rng`, so families that call this last keep their draw order.
     """
     x_train, y_train, x_val, y_val, x_test, y_test = splits
@@ -424,5 +436,6 @@ def instance_from_splits(
         horizon=knobs["horizon"],
         data_seed=int(rng.integers(2**62)),
         accuracy=accuracy,
+        weight_decay=knobs.get("weight_decay", 0.0),
         knobs=knobs,
     )

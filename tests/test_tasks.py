@@ -386,6 +386,7 @@ RANGES = {
     "scale": [3.0, 6.0],
     "rate": [1.0, 4.0],
     "clutter": [0.2, 0.4],
+    "weight_decay": [0.01, 0.1],
 }
 FIXED = {
     "horizon": 123,
@@ -398,6 +399,7 @@ FIXED = {
     "scale": 5.0,
     "rate": 2.5,
     "clutter": 0.3,
+    "weight_decay": 0.05,
 }
 KNOB_CASES = [
     pytest.param(name, knob, id=f"{name}-{knob}")

@@ -52,11 +52,13 @@ class _DigitsFamily(TaskFamily):
         label_noise: Range,
         init_scale: Range,
         horizon: Range,
+        weight_decay: Range = 0.0,
     ) -> None:
         self.batch_size = int(batch_size)
         self.label_noise = label_noise
         self.init_scale = init_scale
         self.horizon = horizon
+        self.weight_decay = weight_decay
 
     @abc.abstractmethod
     def _model(self) -> nn.Module:
@@ -70,6 +72,7 @@ class _DigitsFamily(TaskFamily):
         knobs = {
             "label_noise": draw(rng, self.label_noise),
             "init_scale": draw(rng, self.init_scale),
+            "weight_decay": draw(rng, self.weight_decay),
             "horizon": draw_int(rng, self.horizon),
         }
         generator = torch_generator(rng)
@@ -96,9 +99,11 @@ class MLPDigits(_DigitsFamily):
     Args:
         width: Units per hidden layer (shape knob).
         depth: Hidden layers (shape knob).
+        dropout: Dropout rate after each hidden layer, 0 for none (shape knob).
         batch_size: Rows per inner step (shape knob).
         label_noise: Share of training labels replaced by random classes (free).
         init_scale: Multiplier on the default initialization bound (free).
+        weight_decay: Decoupled (AdamW) weight decay (free).
         horizon: Inner steps per run (free).
     """
 
@@ -106,22 +111,25 @@ class MLPDigits(_DigitsFamily):
         self,
         width: int = 64,
         depth: int = 2,
+        dropout: float = 0.0,
         batch_size: int = 128,
         label_noise: Range = 0.0,
         init_scale: Range = 1.0,
+        weight_decay: Range = 0.0,
         horizon: Range = 200,
     ) -> None:
-        super().__init__(batch_size, label_noise, init_scale, horizon)
+        super().__init__(batch_size, label_noise, init_scale, horizon, weight_decay)
         self.width = int(width)
         self.depth = int(depth)
+        self.dropout = float(dropout)
 
     @property
     def shape_key(self) -> tuple[Any, ...]:
-        """Width, depth, batch size and data sizes."""
-        return (self.width, self.depth, self.batch_size, self.SIZES)
+        """Width, depth, dropout, batch size and data sizes."""
+        return (self.width, self.depth, self.dropout, self.batch_size, self.SIZES)
 
     def _model(self) -> nn.Module:
-        return mlp(64, self.width, self.depth, N_CLASSES)
+        return mlp(64, self.width, self.depth, N_CLASSES, dropout=self.dropout)
 
 
 class _SmallCNN(nn.Module):

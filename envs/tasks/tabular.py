@@ -58,6 +58,8 @@ class _TableFamily(TaskFamily):
     N_FEATURES = 0
     N_CLASSES = 0
     SIZES = (0, 0, 0)
+    weight_decay: Range = 0.0
+    """Decoupled weight decay; a free knob of the subclasses that take it."""
 
     def __init__(
         self,
@@ -88,6 +90,7 @@ class _TableFamily(TaskFamily):
         knobs = {
             "label_noise": draw(rng, self.label_noise),
             "init_scale": draw(rng, self.init_scale),
+            "weight_decay": draw(rng, self.weight_decay),
             "horizon": draw_int(rng, self.horizon),
         }
         generator = torch_generator(rng)
@@ -188,6 +191,7 @@ class MLPDropoutBreastCancer(_TableFamily):
         batch_size: Rows per inner step (shape knob).
         label_noise: Share of training labels replaced by random classes (free).
         init_scale: Multiplier on the default initialization bound (free).
+        weight_decay: Decoupled (AdamW) weight decay (free).
         horizon: Inner steps per run (free).
     """
 
@@ -204,10 +208,12 @@ class MLPDropoutBreastCancer(_TableFamily):
         batch_size: int = 32,
         label_noise: Range = 0.2,
         init_scale: Range = 1.0,
+        weight_decay: Range = 0.01,
         horizon: Range = 800,
     ) -> None:
         super().__init__(width, depth, batch_size, label_noise, init_scale, horizon)
         self.dropout = float(dropout)
+        self.weight_decay = weight_decay
 
     @property
     def shape_key(self) -> tuple[Any, ...]:

@@ -166,6 +166,7 @@ class _TransformerText(TaskFamily):
         batch_size: Windows per inner step (shape knob).
         sizes: Train / val / test windows (shape knob).
         init_scale: Multiplier on the default initialization bound (free).
+        weight_decay: Decoupled (AdamW) weight decay (free).
         horizon: Inner steps per run (free).
     """
 
@@ -180,6 +181,7 @@ class _TransformerText(TaskFamily):
         batch_size: int = 8,
         sizes: tuple[int, int, int] = (2048, 64, 256),
         init_scale: Range = 1.0,
+        weight_decay: Range = 0.0,
         horizon: Range = 500,
     ) -> None:
         self.width = int(width)
@@ -191,6 +193,7 @@ class _TransformerText(TaskFamily):
         if self.width % self.heads:
             raise ValueError(f"width {width} must be divisible by heads {heads}")
         self.init_scale = init_scale
+        self.weight_decay = weight_decay
         self.horizon = horizon
 
     @property
@@ -209,6 +212,7 @@ class _TransformerText(TaskFamily):
         """Draws the windows of each region and the initial weights from `rng`."""
         knobs = {
             "init_scale": draw(rng, self.init_scale),
+            "weight_decay": draw(rng, self.weight_decay),
             "horizon": draw_int(rng, self.horizon),
         }
         generator = torch_generator(rng)

@@ -28,7 +28,7 @@ from hyperpilot.envs.tasks.splits import available_splits, load_split
 NEEDS_ARGUMENTS = {"data_file"}  # needs path=...; see tests/test_data_file.py
 FAMILIES = [name for name in family_names() if name not in NEEDS_ARGUMENTS]
 DATA_FIELDS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
-SHIPPED_SPLITS = ("train", "val", "heldout", "smoke")
+SHIPPED_SPLITS = ("train", "val", "heldout", "heldout_v1", "smoke")
 
 
 def sample(name: str, seed: int = 7, **kwargs) -> TaskInstance:
@@ -512,20 +512,80 @@ def test_split_builds_and_samples_every_family(split):
         assert torch.isfinite(instance.loss(instance.model(x), y)), spec.label
 
 
-def test_heldout_entries_never_appear_in_train():
-    train = load_split("train")
-    heldout = load_split("heldout")
-    assert not [spec for spec in heldout if spec in train]
-    # Held-out architectures and data sets are absent from meta-training entirely.
-    train_families = {spec.family for spec in train}
-    for family in ("mlp_wine", "logreg_breast_cancer", "attention_sequences"):
-        assert family in {spec.family for spec in heldout}
-        assert family not in train_families
+DATA_SETS = {
+    "quadratic_2d": "generated quadratic",
+    "logreg_blobs": "generated blobs",
+    "mlp_blobs": "generated blobs",
+    "multitask_blobs": "generated blobs",
+    "mlp_teacher": "generated teacher",
+    "mlp_poisson_teacher": "generated teacher",
+    "mlp_digits": "digits",
+    "cnn_digits": "digits",
+    "resmlp_digits": "digits",
+    "autoencoder_digits": "digits",
+    "vae_digits": "digits",
+    "gru_sequences": "generated token strings",
+    "attention_sequences": "generated token strings",
+    "mlp_wine": "wine",
+    "logreg_breast_cancer": "breast_cancer",
+    "mlp_dropout_breast_cancer": "breast_cancer",
+    "transformer_pydoc": "pydoc topics",
+    "transformer_stdlib_source": "stdlib source",
+    "transformer_sklearn_docs": "sklearn descr",
+    "gru_co2": "co2",
+    "gru_elnino": "elnino",
+    "lstm_sunspots": "sunspots",
+    "fm_fair": "fair",
+    "embedding_mlp_anes96": "anes96",
+    "deep_mlp_diabetes": "diabetes",
+    "deep_mlp_randhie": "randhie",
+    "coord_mlp_flower": "flower.jpg",
+    "fourier_mlp_hopper": "grace_hopper.jpg",
+    "vae_china_patches": "china.jpg",
+    "bn_cnn_shapes": "generated shapes",
+}
+"""The data set behind each family of the shipped splits."""
 
 
-def test_val_entries_differ_from_train():
-    train = load_split("train")
-    assert not [spec for spec in load_split("val") if spec in train]
+def _families(split: str) -> set[str]:
+    return {spec.family for spec in load_split(split)}
+
+
+def test_every_split_family_names_its_data_set():
+    for split in SHIPPED_SPLITS:
+        assert _families(split) <= set(DATA_SETS), split
+
+
+def test_splits_are_leave_family_out():
+    train, val, heldout = (_families(s) for s in ("train", "val", "heldout"))
+    assert not train & val
+    assert not train & heldout
+    assert not val & heldout
+
+
+def test_heldout_tasks_use_no_train_or_val_data_set():
+    seen = {DATA_SETS[f] for f in _families("train") | _families("val")}
+    for family in _families("heldout"):
+        assert DATA_SETS[family] not in seen, family
+
+
+def test_heldout_has_at_least_eight_tasks_with_horizons_200_to_3000():
+    specs = load_split("heldout")
+    assert len(specs) >= 8
+    for index, spec in enumerate(specs):
+        horizon = spec.build().sample(np.random.default_rng(index)).horizon
+        assert 200 <= horizon <= 3000, spec.label
+
+
+def test_heldout_v1_keeps_the_first_heldout_split():
+    labels = [spec.label for spec in load_split("heldout_v1")]
+    assert labels == [
+        "mlp_wine",
+        "logreg_breast_cancer",
+        "attention_sequences",
+        "mlp_digits(horizon=400)",
+        "cnn_digits(horizon=800)",
+    ]
 
 
 def test_missing_split_lists_the_shipped_ones():

@@ -703,3 +703,39 @@ def test_negative_elbo_matches_its_closed_form():
         negative_elbo(output, target, bernoulli=False, sigma=0.1),
         (gaussian + kl).mean(),
     )
+
+
+def test_every_family_loads_its_data_without_the_network(monkeypatch):
+    """Data comes from installed packages or a generator: no socket is ever opened."""
+    import socket
+
+    from hyperpilot.envs.tasks import (
+        coordinates,
+        deep,
+        digits,
+        embeddings,
+        forecast,
+        generative,
+        tabular,
+        text,
+    )
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a task family tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    for loader in (
+        coordinates.load_image,
+        deep.load_diabetes,
+        deep.load_randhie,
+        digits.load_digits,
+        embeddings.load_survey,
+        forecast.load_series,
+        generative.load_patches,
+        tabular.load_table,
+        text.load_text,
+    ):
+        loader.cache_clear()
+    for name in FAMILIES:
+        sample(name)

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from hyperpilot.envs.tasks.base import (
     Range,
@@ -20,6 +19,7 @@ from hyperpilot.envs.tasks.base import (
     torch_generator,
 )
 from hyperpilot.envs.tasks.registry import register_family
+from hyperpilot.envs.tasks.teacher import teacher_data
 
 
 def poisson_nll(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -89,14 +89,10 @@ class MLPPoissonTeacher(TaskFamily):
             "horizon": draw_int(rng, self.horizon),
         }
         generator = torch_generator(rng)
-        teacher = build_model(
-            lambda: mlp(self.n_features, self.TEACHER_WIDTH, 1, 1, nn.Tanh),
-            generator,
-            2.0,
+        x, score = teacher_data(
+            generator, sum(self.SIZES), self.n_features, self.TEACHER_WIDTH, 1, 2.0
         )
-        x = torch.randn(sum(self.SIZES), self.n_features, generator=generator)
-        with torch.no_grad():
-            score = teacher(x)[:, 0]
+        score = score[:, 0]
         score = (score - score.mean()) / score.std().clamp_min(1e-6)
         rates = knobs["rate"] * score.exp() / score.exp().mean()
         y = torch.poisson(rates, generator=generator)

@@ -83,7 +83,7 @@ class GRU(nn.Module):
         return self.head(h)
 
 
-def _softmax(scores: torch.Tensor) -> torch.Tensor:
+def softmax(scores: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dimension, written out.
 
     On one CPU thread `torch.softmax` over rows as short as a sequence takes about
@@ -118,7 +118,7 @@ class _AttentionBlock(nn.Module):
         h = self.embed(x) + self.position.weight
         q, k, v = self.qkv(self._norm(h)).chunk(3, dim=-1)
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.width)
-        h = h + self.mix(_softmax(scores) @ v)
+        h = h + self.mix(softmax(scores) @ v)
         return self.head(self._norm(h.mean(dim=-2)))
 
 

@@ -26,6 +26,7 @@ from hyperpilot.envs.tasks.base import (
     torch_generator,
 )
 from hyperpilot.envs.tasks.registry import register_family
+from hyperpilot.envs.tasks.sequences import softmax
 
 REGIONS = (0.8, 0.1, 0.1)
 """Train / val / test windows come from consecutive stretches of the text, in order,
@@ -82,12 +83,6 @@ def load_text(name: str) -> tuple[torch.Tensor, int]:
     return ids, len(present)
 
 
-def _softmax(scores: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dimension, written out (faster under `vmap` on a CPU)."""
-    exp = (scores - scores.amax(-1, keepdim=True).detach()).exp()
-    return exp / exp.sum(-1, keepdim=True)
-
-
 class _Block(nn.Module):
     """A pre-norm transformer block: causal multi-head attention, then a GELU MLP."""
 
@@ -110,7 +105,7 @@ class _Block(nn.Module):
         scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
         # The mask is built here, not stored: task models may hold no buffers.
         future = torch.ones(length, length, dtype=torch.bool, device=h.device).triu(1)
-        attention = _softmax(scores.masked_fill(future, -math.inf)) @ v
+        attention = softmax(scores.masked_fill(future, -math.inf)) @ v
         h = h + self.mix(attention.transpose(-3, -2).reshape(*batch, length, width))
         return h + self.down(nn.functional.gelu(self.up(self.norm2(h))))
 

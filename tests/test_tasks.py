@@ -28,7 +28,15 @@ from hyperpilot.envs.tasks.splits import available_splits, load_split
 NEEDS_ARGUMENTS = {"data_file"}  # needs path=...; see tests/test_data_file.py
 FAMILIES = [name for name in family_names() if name not in NEEDS_ARGUMENTS]
 DATA_FIELDS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
-SHIPPED_SPLITS = ("train", "val", "heldout", "heldout_v1", "smoke")
+SHIPPED_SPLITS = (
+    "train",
+    "val",
+    "heldout",
+    "heldout_v1",
+    "train_v1",
+    "val_v1",
+    "smoke",
+)
 
 
 def sample(name: str, seed: int = 7, **kwargs) -> TaskInstance:

@@ -571,6 +571,13 @@ def test_splits_are_leave_family_out():
     assert not val & heldout
 
 
+def test_no_train_model_has_dropout():
+    """The held-out dropout MLP must differ from every train family in architecture."""
+    for spec in load_split("train"):
+        assert not spec.kwargs.get("dropout"), spec.label
+    assert "mlp_dropout_breast_cancer" in _families("heldout")
+
+
 def test_heldout_tasks_use_no_train_or_val_data_set():
     seen = {DATA_SETS[f] for f in _families("train") | _families("val")}
     for family in _families("heldout"):

@@ -335,8 +335,7 @@ class BatchedEngine:
                 out=self._grad_buffers[self._parity],
             )
             loss = loss.detach()
-            first = self.tracker.first_loss
-            limit = torch.where(torch.isnan(first), math.inf, limit_factor * first)
+            limit = self.tracker.divergence_limit(limit_factor)
             bad = ~torch.isfinite(loss) | (loss.to(torch.float64) > limit)
             diverged |= running & bad
             active = running & ~diverged & (self.step_count < self.horizon)

@@ -6,6 +6,7 @@ so training and deployment cannot disagree on what the policy sees.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Final
 
@@ -47,6 +48,17 @@ OBS_HIGH: Final = tuple(float(f.high) for f in OBS_FEATURES)
 N_FEATURES: Final = len(OBS_FEATURES)
 
 _LONG_EMA = 0.8  # slow average of ln loss: about 5 windows of memory
+
+
+def floored(loss: torch.Tensor) -> torch.Tensor:
+    """`loss`, raised to its dtype's smallest positive normal number where below it.
+
+    Task losses are >= 0 by contract (see `TaskInstance`). Features and rewards take
+    logs and ratios of losses through this, so a loss of 0 (or, against the
+    contract, below 0) gives finite values, clipped to their bounds, instead of
+    -inf or NaN; every positive loss of normal size passes unchanged, NaN too.
+    """
+    return loss.clamp_min(torch.finfo(loss.dtype).tiny)
 
 
 def _scaled(value: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -127,6 +139,15 @@ class FeatureTracker:
         self.clipped += clipped.to(torch.float64)
         self.count += 1.0
 
+    def divergence_limit(self, factor: float) -> torch.Tensor:
+        """`[N]` losses above which runs have diverged: `factor` x their first loss.
+
+        Infinite before a run's first step, and where its first loss is 0 (or below):
+        a run that starts at 0 gives no scale, so only a non-finite loss or
+        parameter ends it.
+        """
+        return torch.where(self.first_loss > 0, factor * self.first_loss, math.inf)
+
     def window_train_loss(self) -> torch.Tensor:
         """Mean minibatch loss over the current window (NaN before any step)."""
         return self.loss_sum / self.count
@@ -151,17 +172,17 @@ class FeatureTracker:
         with torch.no_grad():
             seen = self.count > 0
             count = self.count.clamp_min(1.0)
-            log_loss = torch.log(self.loss_sum / count)
+            log_loss = torch.log(floored(self.loss_sum / count))
             log_grad = self.grad_norm_log_sum / count
             zero = torch.zeros_like(log_loss)
 
             def since(previous: torch.Tensor, now: torch.Tensor) -> torch.Tensor:
                 return torch.where(seen & ~torch.isnan(previous), now - previous, zero)
 
-            val = val_loss.detach().to(torch.float64)
+            val = floored(val_loss.detach().to(torch.float64))
             has_val = self.val_available
             columns = [
-                torch.where(seen, log_loss - torch.log(self.first_loss), zero),
+                torch.where(seen, log_loss - torch.log(floored(self.first_loss)), zero),
                 since(self.prev_log_loss, log_loss),
                 since(self.slow_log_loss, log_loss),
                 torch.where(seen, log_grad - torch.log(self.first_grad_norm), zero),
@@ -171,7 +192,9 @@ class FeatureTracker:
                 _scaled((1.0 - beta1.to(torch.float64)).log10(), -3.0, -0.30103),
                 _scaled(clip.to(torch.float64).log10(), -2.0, 3.0),
                 self.clipped / count,
-                torch.where(has_val, torch.log(val / self.first_val_loss), zero),
+                torch.where(
+                    has_val, torch.log(val / floored(self.first_val_loss)), zero
+                ),
                 torch.where(has_val & seen, torch.log(val) - log_loss, zero),
                 has_val.to(torch.float64),
                 progress.to(torch.float64),

@@ -7,6 +7,8 @@ from typing import Final
 
 import torch
 
+from hyperpilot.envs.features import floored
+
 REWARD_KINDS: Final = ("val_loss", "train_loss", "log_improvement")
 
 
@@ -58,15 +60,22 @@ def compute_reward(
     diverged: torch.Tensor,
     decisions_left: torch.Tensor,
 ) -> torch.Tensor:
-    """`[N]` rewards for one decision; every argument is a `[N]` tensor."""
+    """`[N]` rewards for one decision; every argument is a `[N]` tensor.
+
+    Losses enter through `floored`: a loss of 0 counts as the smallest positive
+    number, so ratios and logs stay defined (and are then capped).
+    """
     cap = config.max_normalized_loss
-    normalized_val = (val_loss / first_val_loss).nan_to_num(cap, cap).clamp(0, cap)
+    val_loss = floored(val_loss)
+    normalized_val = (val_loss / floored(first_val_loss)).nan_to_num(cap, cap)
+    normalized_val = normalized_val.clamp(0, cap)
     if config.kind == "val_loss":
         reward = -normalized_val
     elif config.kind == "train_loss":
-        reward = -(train_loss / first_train_loss).nan_to_num(cap, cap).clamp(0, cap)
+        ratio = floored(train_loss) / floored(first_train_loss)
+        reward = -ratio.nan_to_num(cap, cap).clamp(0, cap)
     else:
-        improvement = torch.log(previous_val_loss / val_loss)
+        improvement = torch.log(floored(previous_val_loss) / val_loss)
         reward = improvement.nan_to_num(-cap, cap, -cap).clamp(-cap, cap)
     if config.terminal_weight:
         reward = reward - config.terminal_weight * normalized_val * last_decision

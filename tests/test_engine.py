@@ -1,5 +1,6 @@
 import copy
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -9,9 +10,17 @@ from torch import nn
 from hyperpilot.envs.actions import Hyperparams
 from hyperpilot.envs.engine import BatchedEngine, MinibatchOrder
 from hyperpilot.envs.episodes import Episode, InitRanges, draw_episode
-from hyperpilot.envs.features import N_FEATURES, OBS_HIGH, OBS_LOW
+from hyperpilot.envs.features import (
+    N_FEATURES,
+    OBS_HIGH,
+    OBS_LOW,
+    OBS_NAMES,
+    FeatureTracker,
+)
+from hyperpilot.envs.reward import RewardConfig, compute_reward
 from hyperpilot.envs.settings import EnvSettings
-from hyperpilot.envs.tasks import make_family
+from hyperpilot.envs.tasks import TaskInstance, make_family
+from hyperpilot.envs.tasks.base import mse
 
 CPU = EnvSettings(device="cpu")
 
@@ -207,3 +216,101 @@ def test_a_run_without_weight_decay_steps_bit_for_bit_as_adam():
     decaying, adam = results
     assert torch.equal(decaying[0], adam[0])
     assert not torch.allclose(decaying[1], adam[1], rtol=1e-3)
+
+
+# --- losses of 0 (the loss contract: >= 0) -----------------------------------
+
+
+def _zero_start_instance():
+    """Linear regression whose model fits the first minibatch exactly (loss 0)."""
+    n_rows, batch_size, seed = 32, 8, 3
+    order = MinibatchOrder(1, n_rows, batch_size, "cpu")
+    order.restart(0, seed)
+    x = torch.linspace(1.0, 2.0, n_rows)[:, None]
+    y = torch.ones(n_rows, 1)
+    y[order.next()[0]] = 0.0  # the zero-weight model is exact on the first batch
+    model = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+    return TaskInstance(
+        family="zero_start",
+        model=model,
+        x_train=x,
+        y_train=y,
+        x_val=x[:8],
+        y_val=torch.zeros(8, 1),  # the first validation loss is 0 too
+        x_test=x[:8],
+        y_test=y[:8],
+        loss=mse,
+        batch_size=batch_size,
+        horizon=40,
+        data_seed=seed,
+    )
+
+
+def test_a_run_that_starts_at_loss_0_trains_with_finite_features_and_rewards():
+    for kind in ("val_loss", "log_improvement"):
+        settings = EnvSettings(device="cpu", reward=RewardConfig(kind=kind))
+        engine = BatchedEngine(1, settings)
+        instance = _zero_start_instance()
+        engine.start([0], [Episode(instance, 1e-2, 0.9, 1.0, True)])
+        transitions = run_to_end(engine, [1e-2])
+        assert float(engine.tracker.first_loss[0]) == 0.0
+        assert not any(bool(t.terminated[0]) for t in transitions)  # no ratio rule
+        assert engine.step_count.tolist() == [40]
+        assert engine.params["weight"].abs().item() > 0.1  # it trained
+        low, high = torch.tensor(OBS_LOW), torch.tensor(OBS_HIGH)
+        for t in transitions:
+            assert torch.isfinite(t.obs).all() and torch.isfinite(t.reward).all()
+            assert ((t.obs >= low) & (t.obs <= high)).all()
+        # the slow loss average recovers from the zero start instead of sticking at
+        # -inf (which kept the long trend at its +5 bound for the whole run)
+        long_trend = OBS_NAMES.index("loss_trend_long")
+        assert abs(float(transitions[-1].obs[0, long_trend])) < 5
+
+
+def test_losses_of_0_give_finite_features_rewards_and_no_ratio_limit():
+    tracker = FeatureTracker(3)
+    runs = torch.ones(3, dtype=torch.bool)
+    tracker.reset(runs, torch.tensor([0.0, 1.0, 2.0]), runs)
+    for loss in ([0.0, 1.0, -0.5], [0.5, 0.0, -1.0]):  # -1: against the contract
+        tracker.record_step(
+            torch.tensor(loss), torch.ones(3), torch.zeros(3), torch.zeros(3)
+        )
+        limit = tracker.divergence_limit(100.0)
+        assert limit.tolist() == [math.inf, 100.0, math.inf]
+        obs = tracker.observe(
+            *[torch.full((3,), v) for v in (1e-3, 0.9, 1.0, 0.5)],
+            torch.tensor([0.0, 0.0, -2.0]),
+        )
+        assert torch.isfinite(obs).all()
+    kw = {
+        "train_loss": torch.zeros(2),
+        "first_train_loss": torch.zeros(2),
+        "last_decision": torch.zeros(2),
+        "diverged": torch.zeros(2, dtype=torch.bool),
+        "decisions_left": torch.ones(2),
+    }
+    zero = torch.zeros(2, dtype=torch.float64)
+    val = RewardConfig(kind="val_loss")
+    # a run that stays at 0 neither improves nor worsens: ratio 1, improvement 0
+    reward = compute_reward(
+        val, val_loss=zero, previous_val_loss=zero, first_val_loss=zero, **kw
+    )
+    assert reward.tolist() == [-1.0, -1.0]
+    improvement = compute_reward(
+        RewardConfig(kind="log_improvement"),
+        val_loss=zero,
+        previous_val_loss=zero,
+        first_val_loss=zero,
+        **kw,
+    )
+    assert improvement.tolist() == [0.0, 0.0]
+    train = compute_reward(
+        RewardConfig(kind="train_loss"),
+        val_loss=zero,
+        previous_val_loss=zero,
+        first_val_loss=zero,
+        **kw,
+    )
+    assert train.tolist() == [-1.0, -1.0]

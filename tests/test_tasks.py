@@ -132,6 +132,11 @@ def test_instance_contract(name):
     assert 0 < instance.batch_size <= len(instance.x_train)
     assert instance.horizon > 0
     assert 0 <= instance.data_seed < 2**62
+    assert instance.weight_decay >= 0
+    x, y = minibatch(instance)
+    with torch.no_grad():  # the loss contract: bounded below by 0
+        assert instance.loss(instance.model.train()(x), y) >= 0
+        assert instance.loss(instance.model.eval()(instance.x_val), instance.y_val) >= 0
     if instance.accuracy is not None:
         with torch.no_grad():
             share = instance.accuracy(instance.model(instance.x_val), instance.y_val)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-"""`loss(output, target) -> scalar mean over the batch`; must be `torch.func.vmap`-able."""
+"""`loss(output, target) -> scalar mean over the batch`, >= 0; `torch.func.vmap`-able."""
 
 Range = float | int | Sequence[float]
 """A free knob: a fixed value, or `[low, high]` drawn per instance."""
@@ -38,7 +38,8 @@ class TaskInstance:
         y_val: Validation targets.
         x_test: Test inputs; used only by evaluation.
         y_test: Test targets.
-        loss: `loss(output, target)`, the mean over the batch.
+        loss: `loss(output, target)`, the mean over the batch; bounded below by
+            0 (see `TaskFamily`).
         batch_size: Minibatch size of an inner step.
         horizon: Inner steps in one training run.
         data_seed: Seeds the run's minibatch order.
@@ -78,8 +79,23 @@ class TaskFamily(abc.ABC):
 
     Subclasses take their knobs as constructor kwargs. *Shape knobs* (width, depth,
     batch size, data sizes) fix every tensor shape and are returned by `shape_key`;
-    *free knobs* (data subset, label noise, init scale, horizon) accept a value or a
-    `[low, high]` range and are drawn per instance in `sample`.
+    *free knobs* (data subset, label noise, init scale, horizon, weight decay)
+    accept a value or a `[low, high]` range and are drawn per instance in `sample`.
+    Everything about the model other than its parameter and buffer values (layer
+    sizes, dropout rates, norm momentum) is fixed per engine bucket: the engine runs
+    every instance with the first one's module structure, so such settings are
+    shape knobs.
+
+    The loss contract: a loss is >= 0, ideally with 0 as its best possible value.
+    Features, rewards and the divergence rule take logs and ratios of losses
+    (`ln(loss / first loss)`, `val loss > 100 x first loss`), which only mean
+    something for positive losses. Cross-entropy, MSE, a Poisson NLL with its
+    `lgamma(k + 1)` constant and a negative ELBO with a Bernoulli or categorical
+    likelihood all are; a Gaussian NLL with a learned variance, or an ELBO with a
+    Gaussian likelihood, can go below 0 (a density can exceed 1): fix the variance
+    or add a bound. The engine survives a loss of 0 (logs floor it at the smallest
+    positive number; a run whose first loss is 0 has no ratio rule), but the
+    features then carry little information.
     """
 
     name: ClassVar[str] = ""

@@ -54,6 +54,8 @@ LAZY_OK = frozenset(
         "sklearn",
         "statsmodels",
         "PIL",
+        "matplotlib",  # its image reader and sample data
+        "pydoc_data",  # the Python reference manual's text
     }
 )
 

@@ -28,7 +28,15 @@ from hyperpilot.envs.tasks.splits import available_splits, load_split
 NEEDS_ARGUMENTS = {"data_file"}  # needs path=...; see tests/test_data_file.py
 FAMILIES = [name for name in family_names() if name not in NEEDS_ARGUMENTS]
 DATA_FIELDS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
-SHIPPED_SPLITS = ("train", "val", "heldout", "smoke")
+SHIPPED_SPLITS = (
+    "train",
+    "val",
+    "heldout",
+    "heldout_v1",
+    "train_v1",
+    "val_v1",
+    "smoke",
+)
 
 
 def sample(name: str, seed: int = 7, **kwargs) -> TaskInstance:
@@ -69,6 +77,25 @@ def test_all_families_are_registered():
         "attention_sequences",
         "mlp_wine",
         "logreg_breast_cancer",
+        "transformer_pydoc",
+        "transformer_sklearn_docs",
+        "transformer_stdlib_source",
+        "gru_co2",
+        "gru_elnino",
+        "lstm_sunspots",
+        "fm_fair",
+        "embedding_mlp_anes96",
+        "mlp_poisson_teacher",
+        "deep_mlp_randhie",
+        "deep_mlp_diabetes",
+        "coord_mlp_flower",
+        "fourier_mlp_hopper",
+        "autoencoder_digits",
+        "vae_digits",
+        "vae_china_patches",
+        "bn_cnn_shapes",
+        "resmlp_digits",
+        "mlp_dropout_breast_cancer",
     }
     assert expected <= set(FAMILIES)
 
@@ -369,6 +396,10 @@ RANGES = {
     "noise": [0.1, 0.3],
     "separation": [1.5, 2.5],
     "condition": [2.0, 4.0],
+    "scale": [3.0, 6.0],
+    "rate": [1.0, 4.0],
+    "clutter": [0.2, 0.4],
+    "weight_decay": [0.01, 0.1],
 }
 FIXED = {
     "horizon": 123,
@@ -378,6 +409,10 @@ FIXED = {
     "noise": 0.25,
     "separation": 2.25,
     "condition": 3.0,
+    "scale": 5.0,
+    "rate": 2.5,
+    "clutter": 0.3,
+    "weight_decay": 0.05,
 }
 KNOB_CASES = [
     pytest.param(name, knob, id=f"{name}-{knob}")
@@ -490,20 +525,87 @@ def test_split_builds_and_samples_every_family(split):
         assert torch.isfinite(instance.loss(instance.model(x), y)), spec.label
 
 
-def test_heldout_entries_never_appear_in_train():
-    train = load_split("train")
-    heldout = load_split("heldout")
-    assert not [spec for spec in heldout if spec in train]
-    # Held-out architectures and data sets are absent from meta-training entirely.
-    train_families = {spec.family for spec in train}
-    for family in ("mlp_wine", "logreg_breast_cancer", "attention_sequences"):
-        assert family in {spec.family for spec in heldout}
-        assert family not in train_families
+DATA_SETS = {
+    "quadratic_2d": "generated quadratic",
+    "logreg_blobs": "generated blobs",
+    "mlp_blobs": "generated blobs",
+    "multitask_blobs": "generated blobs",
+    "mlp_teacher": "generated teacher",
+    "mlp_poisson_teacher": "generated teacher",
+    "mlp_digits": "digits",
+    "cnn_digits": "digits",
+    "resmlp_digits": "digits",
+    "autoencoder_digits": "digits",
+    "vae_digits": "digits",
+    "gru_sequences": "generated token strings",
+    "attention_sequences": "generated token strings",
+    "mlp_wine": "wine",
+    "logreg_breast_cancer": "breast_cancer",
+    "mlp_dropout_breast_cancer": "breast_cancer",
+    "transformer_pydoc": "pydoc topics",
+    "transformer_stdlib_source": "stdlib source",
+    "transformer_sklearn_docs": "sklearn descr",
+    "gru_co2": "co2",
+    "gru_elnino": "elnino",
+    "lstm_sunspots": "sunspots",
+    "fm_fair": "fair",
+    "embedding_mlp_anes96": "anes96",
+    "deep_mlp_diabetes": "diabetes",
+    "deep_mlp_randhie": "randhie",
+    "coord_mlp_flower": "flower.jpg",
+    "fourier_mlp_hopper": "grace_hopper.jpg",
+    "vae_china_patches": "china.jpg",
+    "bn_cnn_shapes": "generated shapes",
+}
+"""The data set behind each family of the shipped splits."""
 
 
-def test_val_entries_differ_from_train():
-    train = load_split("train")
-    assert not [spec for spec in load_split("val") if spec in train]
+def _families(split: str) -> set[str]:
+    return {spec.family for spec in load_split(split)}
+
+
+def test_every_split_family_names_its_data_set():
+    for split in SHIPPED_SPLITS:
+        assert _families(split) <= set(DATA_SETS), split
+
+
+def test_splits_are_leave_family_out():
+    train, val, heldout = (_families(s) for s in ("train", "val", "heldout"))
+    assert not train & val
+    assert not train & heldout
+    assert not val & heldout
+
+
+def test_no_train_model_has_dropout():
+    """The held-out dropout MLP must differ from every train family in architecture."""
+    for spec in load_split("train"):
+        assert not spec.kwargs.get("dropout"), spec.label
+    assert "mlp_dropout_breast_cancer" in _families("heldout")
+
+
+def test_heldout_tasks_use_no_train_or_val_data_set():
+    seen = {DATA_SETS[f] for f in _families("train") | _families("val")}
+    for family in _families("heldout"):
+        assert DATA_SETS[family] not in seen, family
+
+
+def test_heldout_has_at_least_eight_tasks_with_horizons_200_to_3000():
+    specs = load_split("heldout")
+    assert len(specs) >= 8
+    for index, spec in enumerate(specs):
+        horizon = spec.build().sample(np.random.default_rng(index)).horizon
+        assert 200 <= horizon <= 3000, spec.label
+
+
+def test_heldout_v1_keeps_the_first_heldout_split():
+    labels = [spec.label for spec in load_split("heldout_v1")]
+    assert labels == [
+        "mlp_wine",
+        "logreg_breast_cancer",
+        "attention_sequences",
+        "mlp_digits(horizon=400)",
+        "cnn_digits(horizon=800)",
+    ]
 
 
 def test_missing_split_lists_the_shipped_ones():
@@ -539,3 +641,131 @@ def test_an_import_path_must_name_a_task_family_class(path, tmp_path, capsys):
     with pytest.raises(ValueError, match="not a TaskFamily subclass"):
         make_family(path, cmd=f"touch {marker}")
     assert not marker.exists()
+
+
+# --- family-specific checks -----------------------------------------------------
+
+
+def test_poisson_nll_is_the_exact_negative_log_likelihood():
+    from hyperpilot.envs.tasks.counts import poisson_nll
+
+    log_rate = torch.linspace(-3.0, 3.0, 13)[:, None]
+    counts = torch.tensor([0.0, 1, 2, 3, 5, 8, 13, 0, 1, 4, 9, 30, 77])
+    expected = -torch.distributions.Poisson(log_rate[:, 0].exp()).log_prob(counts)
+    torch.testing.assert_close(poisson_nll(log_rate, counts), expected.mean())
+    # Each row's loss is >= 0, with its minimum near the count's own rate.
+    for count in counts:
+        assert poisson_nll(count.clamp_min(1e-3).log().view(1, 1), count.view(1)) >= 0
+
+
+@pytest.mark.parametrize("name", ["mlp_poisson_teacher", "deep_mlp_randhie"], ids=str)
+def test_count_families_have_integer_counts_and_nonnegative_loss(name):
+    instance = sample(name)
+    for target in (instance.y_train, instance.y_val, instance.y_test):
+        assert (target >= 0).all() and torch.equal(target, target.round())
+    with torch.no_grad():
+        assert instance.loss(instance.model(instance.x_val), instance.y_val) >= 0
+
+
+TRANSFORMERS = [n for n in FAMILIES if n.startswith("transformer_")]
+
+
+@pytest.mark.parametrize("name", TRANSFORMERS)
+def test_language_model_is_causal(name):
+    instance = sample(name, width=16, heads=2, context=8)
+    x = instance.x_val[:2].clone()
+    with torch.no_grad():
+        before = instance.model(x)
+        x[:, 5] = (x[:, 5] + 1) % 10  # change one later character
+        after = instance.model(x)
+    torch.testing.assert_close(before[:, :5], after[:, :5])
+    assert not torch.allclose(before[:, 5:], after[:, 5:])
+
+
+@pytest.mark.parametrize("name", TRANSFORMERS)
+def test_language_model_targets_are_the_next_characters(name):
+    instance = sample(name, context=8)
+    assert torch.equal(instance.x_train[:, 1:].long(), instance.y_train[:, :-1])
+
+
+def test_forecast_windows_are_time_ordered_and_relative():
+    from hyperpilot.envs.tasks.forecast import forecast_windows
+
+    series = torch.arange(100, dtype=torch.float32) ** 1.5
+    (x_train, y_train), (x_val, _), (x_test, _) = forecast_windows(series, 8, 2)
+    assert len(x_train) + len(x_val) + len(x_test) == 100 - 10 + 1
+    assert (x_train[:, -1, 0] == 0).all()  # relative to the window's last value
+    assert y_train.std() == pytest.approx(1.0)
+    # later windows have larger steps on this convex series: test comes last
+    assert (x_test[:, 0, 0] < x_val[:, 0, 0].min()).all()
+
+
+@pytest.mark.parametrize("name", ["vae_digits", "vae_china_patches"])
+def test_vae_negative_elbo_is_nonnegative_and_uses_the_carried_noise(name):
+    instance = sample(name, width=16, latent=4, copies=2)
+    x = instance.x_val[:8]
+    with torch.no_grad():
+        loss = instance.loss(instance.model(x), instance.y_val[:8])
+        assert loss >= 0
+        # The noise travels in the inputs: other noise, other loss; same, same.
+        other = x.clone()
+        other[:, -4:] += 1.0
+        assert instance.loss(instance.model(other), instance.y_val[:8]) != loss
+    assert torch.equal(x[:, :-4], instance.y_val[:8])
+
+
+def test_negative_elbo_matches_its_closed_form():
+    from hyperpilot.envs.tasks.generative import negative_elbo
+
+    target = torch.rand(5, 6)
+    decoded, mu, log_var = torch.randn(5, 6), torch.randn(5, 2), torch.randn(5, 2)
+    output = torch.cat([decoded, mu, log_var], dim=1)
+    kl = -0.5 * (1 + log_var - mu**2 - log_var.exp()).sum(1)
+    bce = -(
+        target * torch.sigmoid(decoded).log()
+        + (1 - target) * (1 - torch.sigmoid(decoded)).log()
+    ).sum(1)
+    torch.testing.assert_close(
+        negative_elbo(output, target, bernoulli=True), (bce + kl).mean()
+    )
+    gaussian = ((decoded - target) ** 2 / (2 * 0.1**2)).sum(1)
+    torch.testing.assert_close(
+        negative_elbo(output, target, bernoulli=False, sigma=0.1),
+        (gaussian + kl).mean(),
+    )
+
+
+def test_every_family_loads_its_data_without_the_network(monkeypatch):
+    """Data comes from installed packages or a generator: no socket is ever opened."""
+    import socket
+
+    from hyperpilot.envs.tasks import (
+        coordinates,
+        deep,
+        digits,
+        embeddings,
+        forecast,
+        generative,
+        tabular,
+        text,
+    )
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a task family tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    for loader in (
+        coordinates.load_image,
+        deep.load_diabetes,
+        deep.load_randhie,
+        digits.load_digits,
+        embeddings.load_survey,
+        forecast.load_series,
+        generative.load_patches,
+        tabular.load_table,
+        text.load_text,
+    ):
+        loader.cache_clear()
+    for name in FAMILIES:
+        sample(name)

@@ -297,6 +297,7 @@ def mlp(
     depth: int,
     n_out: int,
     activation: type[nn.Module] = nn.ReLU,
+    dropout: float = 0.0,
 ) -> nn.Sequential:
     """A plain MLP: `depth` hidden layers of `width` units, then a linear output.
 
@@ -306,6 +307,7 @@ def mlp(
         depth: Hidden layers; 0 gives a linear model.
         n_out: Outputs.
         activation: Parameter-free activation module class.
+        dropout: If > 0, a `SeededDropout(dropout)` follows every hidden layer.
 
     Returns:
         The (uninitialized) module; build it through `build_model`.
@@ -313,6 +315,8 @@ def mlp(
     layers: list[nn.Module] = []
     for index in range(depth):
         layers += [nn.Linear(n_in if index == 0 else width, width), activation()]
+        if dropout > 0:
+            layers.append(SeededDropout(dropout))
     layers.append(nn.Linear(width if depth else n_in, n_out))
     return nn.Sequential(*layers)
 

@@ -1,4 +1,4 @@
-"""`mlp_digits` and `cnn_digits`: scikit-learn's bundled 8x8 handwritten digits."""
+"""`mlp_digits`, `cnn_digits`, `resmlp_digits`: scikit-learn's bundled 8x8 digits."""
 
 from __future__ import annotations
 
@@ -52,11 +52,13 @@ class _DigitsFamily(TaskFamily):
         label_noise: Range,
         init_scale: Range,
         horizon: Range,
+        weight_decay: Range = 0.0,
     ) -> None:
         self.batch_size = int(batch_size)
         self.label_noise = label_noise
         self.init_scale = init_scale
         self.horizon = horizon
+        self.weight_decay = weight_decay
 
     @abc.abstractmethod
     def _model(self) -> nn.Module:
@@ -70,6 +72,7 @@ class _DigitsFamily(TaskFamily):
         knobs = {
             "label_noise": draw(rng, self.label_noise),
             "init_scale": draw(rng, self.init_scale),
+            "weight_decay": draw(rng, self.weight_decay),
             "horizon": draw_int(rng, self.horizon),
         }
         generator = torch_generator(rng)
@@ -96,9 +99,11 @@ class MLPDigits(_DigitsFamily):
     Args:
         width: Units per hidden layer (shape knob).
         depth: Hidden layers (shape knob).
+        dropout: Dropout rate after each hidden layer, 0 for none (shape knob).
         batch_size: Rows per inner step (shape knob).
         label_noise: Share of training labels replaced by random classes (free).
         init_scale: Multiplier on the default initialization bound (free).
+        weight_decay: Decoupled (AdamW) weight decay (free).
         horizon: Inner steps per run (free).
     """
 
@@ -106,22 +111,25 @@ class MLPDigits(_DigitsFamily):
         self,
         width: int = 64,
         depth: int = 2,
+        dropout: float = 0.0,
         batch_size: int = 128,
         label_noise: Range = 0.0,
         init_scale: Range = 1.0,
+        weight_decay: Range = 0.0,
         horizon: Range = 200,
     ) -> None:
-        super().__init__(batch_size, label_noise, init_scale, horizon)
+        super().__init__(batch_size, label_noise, init_scale, horizon, weight_decay)
         self.width = int(width)
         self.depth = int(depth)
+        self.dropout = float(dropout)
 
     @property
     def shape_key(self) -> tuple[Any, ...]:
-        """Width, depth, batch size and data sizes."""
-        return (self.width, self.depth, self.batch_size, self.SIZES)
+        """Width, depth, dropout, batch size and data sizes."""
+        return (self.width, self.depth, self.dropout, self.batch_size, self.SIZES)
 
     def _model(self) -> nn.Module:
-        return mlp(64, self.width, self.depth, N_CLASSES)
+        return mlp(64, self.width, self.depth, N_CLASSES, dropout=self.dropout)
 
 
 class _SmallCNN(nn.Module):
@@ -183,3 +191,80 @@ class CNNDigits(_DigitsFamily):
 
     def _inputs(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(-1, 1, 8, 8)
+
+
+NORMS = {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
+
+
+class ResidualBlock(nn.Module):
+    """`h + W2 relu(W1 norm(h))`: a pre-norm residual MLP block."""
+
+    def __init__(self, width: int, norm: str) -> None:
+        super().__init__()
+        self.norm = NORMS[norm](width)
+        self.up = nn.Linear(width, 2 * width)
+        self.down = nn.Linear(2 * width, width)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """The block's output, same shape as `h`."""
+        return h + self.down(torch.relu(self.up(self.norm(h))))
+
+
+class ResMLP(nn.Module):
+    """Linear stem, `depth` residual blocks, a final norm and a linear head."""
+
+    def __init__(self, n_in: int, width: int, depth: int, n_out: int, norm: str):
+        super().__init__()
+        self.stem = nn.Linear(n_in, width)
+        self.blocks = nn.Sequential(*(ResidualBlock(width, norm) for _ in range(depth)))
+        self.norm = NORMS[norm](width)
+        self.head = nn.Linear(width, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of rows `[..., n_in]`."""
+        return self.head(torch.relu(self.norm(self.blocks(self.stem(x)))))
+
+
+@register_family("resmlp_digits")
+class ResMLPDigits(_DigitsFamily):
+    """A residual MLP with BatchNorm (or LayerNorm) blocks on the flattened digits.
+
+    Large batches by default. With BatchNorm the engine uses batch statistics for
+    the inner steps and running statistics for validation and test. Each instance
+    draws its own 1024 / 256 / 256 train / val / test rows; the loss is
+    cross-entropy, >= 0.
+
+    Args:
+        width: Units of the residual stream (shape knob).
+        depth: Residual blocks (shape knob).
+        norm: `batch` or `layer` (shape knob).
+        batch_size: Rows per inner step (shape knob).
+        label_noise: Share of training labels replaced by random classes (free).
+        init_scale: Multiplier on the default initialization bound (free).
+        horizon: Inner steps per run (free).
+    """
+
+    def __init__(
+        self,
+        width: int = 32,
+        depth: int = 2,
+        norm: str = "batch",
+        batch_size: int = 256,
+        label_noise: Range = 0.0,
+        init_scale: Range = 1.0,
+        horizon: Range = 300,
+    ) -> None:
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {sorted(NORMS)}, got {norm!r}")
+        super().__init__(batch_size, label_noise, init_scale, horizon)
+        self.width = int(width)
+        self.depth = int(depth)
+        self.norm = norm
+
+    @property
+    def shape_key(self) -> tuple[Any, ...]:
+        """Width, depth, norm, batch size and data sizes."""
+        return (self.width, self.depth, self.norm, self.batch_size, self.SIZES)
+
+    def _model(self) -> nn.Module:
+        return ResMLP(64, self.width, self.depth, N_CLASSES, self.norm)

@@ -52,22 +52,24 @@ def majority_sequences(
     return one_hot, one_hot.sum(1).argmax(-1)
 
 
-class _GRU(nn.Module):
+class GRU(nn.Module):
     """A one-layer GRU (PyTorch's gate equations) written from `nn.Linear`.
 
     `nn.GRU`'s fused kernel does not batch well under `torch.func.vmap` over
     stacked weights; this loop over time steps only calls vmap-able ops. The input
-    projection of a one-hot token acts as the token embedding.
+    projection of a one-hot token acts as the token embedding. Reads `[..., time,
+    n_in]` and returns the head's output `[..., n_out]` at the last time step.
     """
 
-    def __init__(self, vocab: int, hidden: int) -> None:
+    def __init__(self, n_in: int, hidden: int, n_out: int | None = None) -> None:
         super().__init__()
         self.hidden_size = hidden
-        self.input = nn.Linear(vocab, 3 * hidden)
+        self.input = nn.Linear(n_in, 3 * hidden)
         self.recurrent = nn.Linear(hidden, 3 * hidden)
-        self.head = nn.Linear(hidden, vocab)
+        self.head = nn.Linear(hidden, n_in if n_out is None else n_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's output at the last step of `[..., time, n_in]`."""
         h = x.new_zeros(x.shape[0], self.hidden_size)
         # One product for all time steps, then `unbind`: its backward is a single
         # stack, where indexing `[:, t]` would add a full-size zero tensor per step.
@@ -81,7 +83,7 @@ class _GRU(nn.Module):
         return self.head(h)
 
 
-def _softmax(scores: torch.Tensor) -> torch.Tensor:
+def softmax(scores: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dimension, written out.
 
     On one CPU thread `torch.softmax` over rows as short as a sequence takes about
@@ -116,7 +118,7 @@ class _AttentionBlock(nn.Module):
         h = self.embed(x) + self.position.weight
         q, k, v = self.qkv(self._norm(h)).chunk(3, dim=-1)
         scores = q @ k.transpose(-2, -1) / math.sqrt(self.width)
-        h = h + self.mix(_softmax(scores) @ v)
+        h = h + self.mix(softmax(scores) @ v)
         return self.head(self._norm(h.mean(dim=-2)))
 
 
@@ -203,7 +205,7 @@ class GRUSequences(_SequenceFamily):
     """
 
     def _model(self) -> nn.Module:
-        return _GRU(self.vocab, self.width)
+        return GRU(self.vocab, self.width)
 
 
 @register_family("attention_sequences")

@@ -1,4 +1,4 @@
-"""Small real tabular data sets bundled with scikit-learn (held-out split only)."""
+"""Small real tabular data sets bundled with scikit-learn (held-out splits only)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from hyperpilot.envs.tasks.base import (
     Range,
@@ -57,6 +58,8 @@ class _TableFamily(TaskFamily):
     N_FEATURES = 0
     N_CLASSES = 0
     SIZES = (0, 0, 0)
+    weight_decay: Range = 0.0
+    """Decoupled weight decay; a free knob of the subclasses that take it."""
 
     def __init__(
         self,
@@ -79,11 +82,15 @@ class _TableFamily(TaskFamily):
         """Width, depth, batch size and data sizes."""
         return (self.width, self.depth, self.batch_size, self.SIZES)
 
+    def _model(self) -> nn.Module:
+        return mlp(self.N_FEATURES, self.width, self.depth, self.N_CLASSES)
+
     def sample(self, rng: np.random.Generator) -> TaskInstance:
         """Draws the row subset and order, label flips and the initial weights."""
         knobs = {
             "label_noise": draw(rng, self.label_noise),
             "init_scale": draw(rng, self.init_scale),
+            "weight_decay": draw(rng, self.weight_decay),
             "horizon": draw_int(rng, self.horizon),
         }
         generator = torch_generator(rng)
@@ -94,7 +101,7 @@ class _TableFamily(TaskFamily):
         x_train, x_val, x_test = standardize(x_train, x_val, x_test)
         return classification_instance(
             self.name,
-            lambda: mlp(self.N_FEATURES, self.width, self.depth, self.N_CLASSES),
+            self._model,
             (x_train, y_train, x_val, y_val, x_test, y_test),
             n_classes=self.N_CLASSES,
             knobs=knobs,
@@ -164,3 +171,60 @@ class LogregBreastCancer(_TableFamily):
         horizon: Range = 200,
     ) -> None:
         super().__init__(0, 0, batch_size, label_noise, init_scale, horizon)
+
+
+@register_family("mlp_dropout_breast_cancer")
+class MLPDropoutBreastCancer(_TableFamily):
+    """A ReLU MLP with dropout on breast-cancer data with noisy training labels.
+
+    scikit-learn's breast-cancer data, 569 rows, 30 features; rows per instance
+    320 / 120 / 129 train / val / test, features standardized with the training
+    rows' statistics. By default a fifth of the training labels are flipped at
+    random, so a long run memorizes noise unless something holds it back. The
+    loss is cross-entropy, >= 0.
+
+    Args:
+        width: Units per hidden layer (shape knob).
+        depth: Hidden layers (shape knob).
+        dropout: Dropout rate after each hidden layer (shape knob: it is part of
+            the model's structure).
+        batch_size: Rows per inner step (shape knob).
+        label_noise: Share of training labels replaced by random classes (free).
+        init_scale: Multiplier on the default initialization bound (free).
+        weight_decay: Decoupled (AdamW) weight decay (free).
+        horizon: Inner steps per run (free).
+    """
+
+    DATASET = "breast_cancer"
+    N_FEATURES = 30
+    N_CLASSES = 2
+    SIZES = (320, 120, 129)
+
+    def __init__(
+        self,
+        width: int = 64,
+        depth: int = 2,
+        dropout: float = 0.2,
+        batch_size: int = 32,
+        label_noise: Range = 0.2,
+        init_scale: Range = 1.0,
+        weight_decay: Range = 0.01,
+        horizon: Range = 800,
+    ) -> None:
+        super().__init__(width, depth, batch_size, label_noise, init_scale, horizon)
+        self.dropout = float(dropout)
+        self.weight_decay = weight_decay
+
+    @property
+    def shape_key(self) -> tuple[Any, ...]:
+        """Width, depth, dropout, batch size and data sizes."""
+        return (self.width, self.depth, self.dropout, self.batch_size, self.SIZES)
+
+    def _model(self) -> nn.Module:
+        return mlp(
+            self.N_FEATURES,
+            self.width,
+            self.depth,
+            self.N_CLASSES,
+            dropout=self.dropout,
+        )

@@ -23,6 +23,35 @@ from hyperpilot.envs.tasks.base import (
 from hyperpilot.envs.tasks.registry import register_family
 
 
+def teacher_data(
+    generator: torch.Generator,
+    n: int,
+    n_features: int,
+    width: int,
+    depth: int,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draws a random tanh teacher MLP, then `N(0, I)` inputs and its outputs.
+
+    Args:
+        generator: Source of the teacher's weights, then of the inputs.
+        n: Rows.
+        n_features: Input dimension.
+        width: The teacher's hidden units.
+        depth: The teacher's hidden layers.
+        scale: The teacher's initialization scale (above 1 saturates its units).
+
+    Returns:
+        Inputs `[n, n_features]` and the teacher's outputs `[n, 1]`.
+    """
+    teacher = build_model(
+        lambda: mlp(n_features, width, depth, 1, nn.Tanh), generator, scale
+    )
+    x = torch.randn(n, n_features, generator=generator)
+    with torch.no_grad():
+        return x, teacher(x)
+
+
 @register_family("mlp_teacher")
 class MLPTeacher(TaskFamily):
     """Student-teacher regression: Gaussian inputs labelled by a random tanh MLP.
@@ -82,21 +111,15 @@ class MLPTeacher(TaskFamily):
             "horizon": draw_int(rng, self.horizon),
         }
         generator = torch_generator(rng)
-        teacher = build_model(
-            lambda: mlp(
-                self.n_features,
-                self.TEACHER_WIDTH,
-                self.TEACHER_DEPTH,
-                1,
-                nn.Tanh,
-            ),
+        n_train, n_val, n_test = self.SIZES
+        x, y = teacher_data(
             generator,
+            n_train + n_val + n_test,
+            self.n_features,
+            self.TEACHER_WIDTH,
+            self.TEACHER_DEPTH,
             self.TEACHER_SCALE,
         )
-        n_train, n_val, n_test = self.SIZES
-        x = torch.randn(n_train + n_val + n_test, self.n_features, generator=generator)
-        with torch.no_grad():
-            y = teacher(x)
         y = (y - y[:n_train].mean()) / y[:n_train].std().clamp_min(1e-6)
         x_train, x_val, x_test = x.split(self.SIZES)
         y_train, y_val, y_test = y.split(self.SIZES)

@@ -66,6 +66,8 @@ class Method:
             records or its action space). Such runs start from the bundle's default
             clip; every other method runs unclipped, so the baselines do not move
             when the pilot changes, and their cached jobs serve any pilot.
+        per_seed: Its controller draws from the job's seed, so each seed runs
+            alone (others run their seeds side by side in one engine).
     """
 
     name: str
@@ -78,6 +80,12 @@ class Method:
     reads: str | None = None
     inputs: Callable[[Mapping[str, list[dict]], str], dict[str, Any]] | None = None
     uses_pilot: bool = False
+    per_seed: bool = False
+
+    @property
+    def batchable(self) -> bool:
+        """Whether its jobs of one task can share an engine (one run per seed)."""
+        return self.controller is not None and not self.per_seed
 
     @property
     def available(self) -> bool:
@@ -214,6 +222,7 @@ _ENTRIES: Final = (
         "control: uniform random actions",
         controller=_random,
         uses_pilot=True,
+        per_seed=True,
     ),
     Method(
         "blind",

@@ -109,67 +109,97 @@ def load_suite(name_or_path: str | Path) -> tuple[list[EvalTask], int]:
 
 
 # ------------------------------------------------------------------- one job
-def run_job(
-    job: Job,
+def run_jobs(
+    jobs: Sequence[Job],
     bundle: PolicyBundle,
     init_lr: float,
     device: str = "cpu",
     inputs: dict[str, Any] | None = None,
     validation: bool = True,
-) -> dict[str, Any]:
-    """Runs one job and returns its record (curves per decision, final metrics).
+) -> list[dict[str, Any]]:
+    """Runs jobs of one task and run (their seeds) side by side; one record each.
 
-    Methods that use the pilot start from the bundle's default clip; the others
-    run unclipped, so their results do not depend on the pilot.
+    The jobs' instances share the task's shapes, so they go into one engine as N
+    independent runs (a run's trajectory does not depend on the others); an
+    optimizer that replaces Adam runs one job at a time. Methods that use the
+    pilot start from the bundle's default clip; the others run unclipped, so
+    their results do not depend on the pilot.
 
     Args:
-        job: The task, seed and run (a method, or a tuned method's grid point).
+        jobs: Jobs that differ only in their seed (see `group_jobs`).
         bundle: The pilot under evaluation; every run uses its K, action mode and
             controlled set.
         init_lr: The lr every run starts from (a grid point replaces it).
-        device: Where the inner run goes.
+        device: Where the inner runs go.
         inputs: What the method derived from other methods' records (replay).
         validation: Whether the pilot's features include the validation loss.
     """
-    method, grid_lr = method_of_run(job.run)
+    method, grid_lr = method_of_run(jobs[0].run)
     lr = init_lr if grid_lr is None else grid_lr
-    instance = job.task.spec.build().sample(np.random.default_rng(job.seed))
+    family = jobs[0].task.spec.build()
+    instances = [family.sample(np.random.default_rng(job.seed)) for job in jobs]
     settings = dataclasses.replace(bundle.settings(), device=device)
-    context = MethodContext(lr, bundle, job.seed, inputs or {})
+    context = MethodContext(lr, bundle, jobs[0].seed, inputs or {})
     if method.optimizer is not None:
+        assert len(jobs) == 1, "an optimizer that replaces Adam runs one job"
         runs: BatchedEngine | TorchOptimizerRun = TorchOptimizerRun(
             method.optimizer(context), settings
         )
         controller: Controller = HoldValues()
     else:
         assert method.controller is not None
-        runs = BatchedEngine(1, settings)
+        runs = BatchedEngine(len(jobs), settings)
         controller = method.controller(context)
     clip = bundle.default_clip if method.uses_pilot else math.inf
-    runs.start([0], [Episode(instance, init_lr, 0.9, clip, validation)])
-    record = _empty_record(job, instance)
-    record["initial_val_loss"] = float(runs.first_val[0])
-    ended = {"diverged": False}
+    episodes = [Episode(i, init_lr, 0.9, clip, validation) for i in instances]
+    runs.start(list(range(len(jobs))), episodes)
+    records = [_empty_record(job, i) for job, i in zip(jobs, instances)]
+    first_val = runs.first_val.tolist()
+    ended = [False] * len(jobs)
+    diverged = [False] * len(jobs)
 
     def on_decision(state, transition) -> None:
-        _append(
-            record,
-            int(state.step[0]),
-            transition.train_loss[0],
-            transition.val_loss[0],
-            transition.hparams,
-            0,
-        )
-        ended["diverged"] |= bool(transition.terminated[0])
+        finished = (transition.terminated | transition.truncated).tolist()
+        for run, record in enumerate(records):
+            if ended[run]:
+                continue  # the others go on; this run's record is complete
+            _append(
+                record,
+                int(state.step[run]),
+                transition.train_loss[run],
+                transition.val_loss[run],
+                transition.hparams,
+                run,
+            )
+            ended[run] = finished[run]
+            diverged[run] = bool(transition.terminated[run])
 
     run_episode(runs, controller, on_decision)
+    test_loss = runs.evaluate("test").tolist()
     accuracy = runs.accuracy("test")
-    return _finish(
-        record,
-        test_loss=float(runs.evaluate("test")[0]),
-        test_accuracy=None if accuracy is None else float(accuracy[0]),
-        diverged=ended["diverged"],
-    )
+    for run, record in enumerate(records):
+        record["initial_val_loss"] = first_val[run]
+        _finish(
+            record,
+            test_loss=test_loss[run],
+            test_accuracy=None if accuracy is None else float(accuracy[run]),
+            diverged=diverged[run],
+        )
+    return records
+
+
+def group_jobs(jobs: Sequence[Job]) -> list[list[Job]]:
+    """The jobs in groups that `run_jobs` runs together, in their order.
+
+    Jobs of one task, run and variant form a group (their seeds), unless the
+    method runs one job at a time (`Method.batchable`).
+    """
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        batchable = method_of_run(job.run)[0].batchable
+        key = (job.task.label, job.run, job.variant) if batchable else job.key
+        groups.setdefault(key, []).append(job)
+    return list(groups.values())
 
 
 def _empty_record(job: Job, instance: TaskInstance) -> dict[str, Any]:
@@ -246,11 +276,12 @@ def save_record(path: Path, record: dict[str, Any]) -> None:
 
 @dataclass
 class JobComputer:
-    """Computes one job and caches its record: what a `runner` calls per job.
+    """Computes a group of jobs and caches their records: what a `runner` calls.
 
-    A local runner calls it (`compute(job)`); a scale-out runner may call its two
-    halves apart: `run_job(**compute.arguments(job))` anywhere, then
-    `compute.finish(job, record)` here, which caches the record as a local run does.
+    A local runner calls it (`compute(group)`); a scale-out runner may call its two
+    halves apart: `run_jobs(**compute.arguments(group))` anywhere, then
+    `compute.finish(group, records)` here, which caches the records as a local
+    run does.
     """
 
     bundle: PolicyBundle
@@ -262,8 +293,9 @@ class JobComputer:
     validation: bool = True
     """Whether the pilot sees the validation loss."""
 
-    def arguments(self, job: Job) -> dict[str, Any]:
-        """The keyword arguments of `run_job` for `job`."""
+    def arguments(self, group: Sequence[Job]) -> dict[str, Any]:
+        """The keyword arguments of `run_jobs` for `group` (see `group_jobs`)."""
+        job = group[0]
         method, _ = method_of_run(job.run)
         inputs = None
         if method.reads is not None and method.inputs is not None:
@@ -273,7 +305,7 @@ class JobComputer:
                     by_task.setdefault(task, []).append(record)
             inputs = method.inputs(by_task, job.task.label)
         return {
-            "job": job,
+            "jobs": list(group),
             "bundle": self.bundle,
             "init_lr": self.init_lr,
             "device": self.device,
@@ -281,14 +313,17 @@ class JobComputer:
             "validation": self.validation,
         }
 
-    def finish(self, job: Job, record: dict[str, Any]) -> dict[str, Any]:
-        """Caches `record` in the output folder and returns it."""
-        save_record(job.path(self.out), record)
-        return record
+    def finish(
+        self, group: Sequence[Job], records: Sequence[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Caches each job's record in the output folder and returns the records."""
+        for job, record in zip(group, records):
+            save_record(job.path(self.out), record)
+        return list(records)
 
-    def __call__(self, job: Job) -> dict[str, Any]:
-        """Runs `job` here and caches its record."""
-        return self.finish(job, run_job(**self.arguments(job)))
+    def __call__(self, group: Sequence[Job]) -> list[dict[str, Any]]:
+        """Runs `group` here and caches its records."""
+        return self.finish(group, run_jobs(**self.arguments(group)))
 
 
 def evaluate(
@@ -314,9 +349,10 @@ def evaluate(
         init_lr: Every run starts from this lr (beta1 0.9, the bundle's clip).
         device: Where the inner runs go.
         progress: Show a progress bar.
-        runner: `runner(jobs, compute, progress=...)` maps the pending jobs to
-            records, calling the `JobComputer` `compute` per job (default: one
-            after another here; `hyperpilot.ray_backend.job_runner` fans out).
+        runner: `runner(groups, compute, progress=...)` maps the pending groups of
+            jobs (`group_jobs`) to their records, calling the `JobComputer`
+            `compute` per group (default: one after another here;
+            `hyperpilot.ray_backend.job_runner` fans out).
         validation: Whether the pilot's features include the validation loss
             (False: as a pilot deployed without a `val_fn`).
 
@@ -340,20 +376,26 @@ def evaluate(
 
     compute = JobComputer(bundle, init_lr, device, out, records, validation)
     run_all = runner or _run_here
-    for batch in (first, readers):
-        if batch:
-            for job, record in zip(batch, run_all(batch, compute, progress=progress)):
+    for stage in (first, readers):
+        groups = group_jobs(stage)
+        for group, done in zip(groups, run_all(groups, compute, progress=progress)):
+            for job, record in zip(group, done):
                 records[job.key] = record
     return [records[job.key] for job in jobs]
 
 
 def _run_here(
-    jobs: list[Job], compute: Callable[[Job], dict], progress: bool = True
-) -> list[dict]:
-    return [
-        compute(job)
-        for job in tqdm(jobs, disable=not progress, desc="jobs", unit="job")
-    ]
+    groups: list[list[Job]],
+    compute: Callable[[list[Job]], list[dict]],
+    progress: bool = True,
+) -> list[list[dict]]:
+    total = sum(len(group) for group in groups)
+    results = []
+    with tqdm(total=total, disable=not progress, desc="jobs", unit="job") as bar:
+        for group in groups:
+            results.append(compute(group))
+            bar.update(len(group))
+    return results
 
 
 def _check_same_evaluation(out: Path, bundle: PolicyBundle, init_lr: float) -> None:
@@ -498,7 +540,7 @@ def run(
         raise UserError(f"--init-lr must be in [{low:g}, {high:g}], got {init_lr:g}")
     runner, started = None, False
     if ray is not None:
-        runner = ray_backend.job_runner(ray.workers, run_job)
+        runner = ray_backend.job_runner(ray.workers, run_jobs)
         started = ray_backend.connect(ray.address)
     try:
         records = evaluate(

@@ -122,50 +122,53 @@ def shutdown() -> None:
     import_ray().shutdown()
 
 
-def _run_job_remote(
-    run_job: Callable[..., dict[str, Any]], **kwargs: Any
-) -> dict[str, Any]:
-    """One evaluation job inside a Ray worker: one torch thread, as run locally."""
+def _run_jobs_remote(
+    run_jobs: Callable[..., list[dict[str, Any]]], **kwargs: Any
+) -> list[dict[str, Any]]:
+    """A group of evaluation jobs in a Ray worker: one torch thread, as run locally."""
     configure_process(1)  # the worker's own process, as `hyperpilot evaluate` does
-    return run_job(**kwargs)
+    return run_jobs(**kwargs)
 
 
-Runner = Callable[..., list[dict[str, Any]]]
+Runner = Callable[..., list[list[dict[str, Any]]]]
 
 
-def job_runner(workers: int | None, run_job: Callable[..., dict[str, Any]]) -> Runner:
-    """A `runner` for `evaluation.evaluate`: each job a Ray task of one CPU.
+def job_runner(
+    workers: int | None, run_jobs: Callable[..., list[dict[str, Any]]]
+) -> Runner:
+    """A `runner` for `evaluation.evaluate`: each group of jobs a Ray task of one CPU.
 
     Records come back to the caller, which caches them exactly as a local run does
     (`compute.finish`); the bundle goes into Ray's object store once.
 
     Args:
-        workers: Jobs in flight at once (None: all; Ray queues them on its CPUs).
-        run_job: The function a job runs (`evaluation.run_job`), called in the
-            worker with `compute.arguments(job)`.
+        workers: Groups in flight at once (None: all; Ray queues them on its CPUs).
+        run_jobs: The function a group runs (`evaluation.run_jobs`), called in the
+            worker with `compute.arguments(group)`.
     """
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
 
     def run(
-        jobs: list[Any], compute: Any, progress: bool = True
-    ) -> list[dict[str, Any]]:
+        groups: list[list[Any]], compute: Any, progress: bool = True
+    ) -> list[list[dict[str, Any]]]:
         ray = import_ray()
-        remote = ray.remote(num_cpus=1)(_run_job_remote)
+        remote = ray.remote(num_cpus=1)(_run_jobs_remote)
         bundle = ray.put(compute.bundle)
-        limit = workers or len(jobs)
-        results: list[dict[str, Any] | None] = [None] * len(jobs)
+        limit = workers or len(groups)
+        results: list[list[dict[str, Any]] | None] = [None] * len(groups)
         in_flight: dict[Any, int] = {}
-        queue = iter(enumerate(jobs))
+        queue = iter(enumerate(groups))
 
         def submit() -> None:
-            for index, job in queue:
-                kwargs = {**compute.arguments(job), "bundle": bundle}
-                in_flight[remote.remote(run_job, **kwargs)] = index
+            for index, group in queue:
+                kwargs = {**compute.arguments(group), "bundle": bundle}
+                in_flight[remote.remote(run_jobs, **kwargs)] = index
                 if len(in_flight) >= limit:
                     return
 
-        bar = tqdm(total=len(jobs), disable=not progress, desc="jobs (ray)", unit="job")
+        total = sum(len(group) for group in groups)
+        bar = tqdm(total=total, disable=not progress, desc="jobs (ray)", unit="job")
         try:
             submit()
             while in_flight:
@@ -173,14 +176,14 @@ def job_runner(workers: int | None, run_job: Callable[..., dict[str, Any]]) -> R
                 for ref in done:
                     index = in_flight.pop(ref)
                     try:
-                        record = ray.get(ref)
+                        records = ray.get(ref)
                     except ray.exceptions.RayTaskError as error:
                         cause = getattr(error, "cause", None)
                         raise (
                             cause if isinstance(cause, Exception) else error
                         ) from None
-                    results[index] = compute.finish(jobs[index], record)
-                    bar.update()
+                    results[index] = compute.finish(groups[index], records)
+                    bar.update(len(groups[index]))
                 submit()
         finally:
             bar.close()

@@ -1,138 +1,54 @@
-"""Best constant Adam lr per task: the `evaluate` grid, run batched in one engine per task.
+"""Best constant Adam lr per task, and constant 1e-3 against tuned cosine (docs/TASKS.md).
 
-For each task of a suite, every (schedule, grid lr, seed) run of `hyperpilot evaluate
---methods constant,tuned_constant,tuned_cosine` goes into one `BatchedEngine` (the runs
-are independent under `vmap`), so a sweep costs a few single runs. Same instances
-(seed s draws `family.sample(default_rng(s))`), start (lr 1e-3, beta1 0.9, the pilot's
-default clip), K and selection rule (lowest median final validation loss over seeds,
-a diverged run counting as inf) as `evaluate`.
+Runs `hyperpilot evaluate --methods constant,tuned_constant,tuned_cosine` on a suite
+(each task's seeds side by side in one engine) and prints, per task, the lr that
+tuned constant Adam chose on validation loss and the median test loss of constant
+Adam 1e-3 over that of tuned cosine. Jobs are cached in --out like evaluate's.
 
-    python scripts/lr_sweep.py SUITE.yaml [--seeds 3] [--out results.csv]
+    python scripts/lr_sweep.py SUITE [--seeds 3] [--out runs/lr-sweep]
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import dataclasses
-import math
-import time
+from pathlib import Path
 
-import numpy as np
-import torch
-
-from hyperpilot.agents.baselines import TUNING_GRID, Schedule
-from hyperpilot.agents.controllers import run_episode
-from hyperpilot.bundle import load_bundle
-from hyperpilot.envs.actions import warmup_cosine
-from hyperpilot.envs.engine import BatchedEngine
-from hyperpilot.envs.episodes import Episode
-from hyperpilot.evaluation import load_suite
+from hyperpilot import evaluation, quality, report
 from hyperpilot.runtime import configure_process
 
-
-class GridSchedule(Schedule):
-    """Per-run lr: constant or warmup-cosine to each run's own grid lr."""
-
-    def __init__(self, lrs: torch.Tensor, cosine: torch.Tensor) -> None:
-        self.lrs, self.cosine = lrs, cosine
-
-    def lr_at(self, step: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-        """Each run's grid lr, under warmup-cosine where the run is a cosine one."""
-        lrs = self.lrs.to(step)
-        return torch.where(self.cosine, warmup_cosine(step, total, lrs), lrs)
+METHODS = ["constant", "tuned_constant", "tuned_cosine"]
 
 
-def sweep(task, seeds: int, bundle) -> list[dict]:
-    family = task.spec.build()
-    instances = [family.sample(np.random.default_rng(s)) for s in range(seeds)]
-    runs = [
-        (kind, lr, seed)
-        for kind in ("constant", "cosine")
-        for lr in TUNING_GRID
-        for seed in range(seeds)
-    ]
-    settings = dataclasses.replace(bundle.settings(), device="cpu")
-    engine = BatchedEngine(len(runs), settings)
-    engine.start(
-        list(range(len(runs))),
-        [Episode(instances[s], 1e-3, 0.9, bundle.default_clip, True) for *_, s in runs],
-    )
-    diverged = torch.zeros(len(runs), dtype=torch.bool)
-
-    def on_decision(state, transition) -> None:
-        diverged.__ior__(transition.terminated.cpu())
-
-    schedule = GridSchedule(
-        torch.tensor([lr for _, lr, _ in runs], dtype=torch.float64),
-        torch.tensor([kind == "cosine" for kind, *_ in runs]),
-    )
-    run_episode(engine, schedule, on_decision)
-    val, test = engine.last_val.cpu(), engine.evaluate("test").cpu()
+def sweep(suite: str, seeds: int, out: Path, pilot: str = "default") -> list[dict]:
+    """Per task: the tuned constant lr and constant 1e-3 / tuned cosine test loss."""
+    tasks = evaluation.resolve_tasks(suite=suite).tasks
+    records = evaluation.evaluate(pilot, tasks, seeds, METHODS, out, progress=False)
+    rows = report.method_rows(records, METHODS)
+    constant = quality.task_medians(rows, "constant")
+    cosine = quality.task_medians(rows, "tuned_cosine")
+    chosen = {r["task"]: r["lr"] for r in rows if r["method"] == "tuned_constant"}
     return [
         {
             "task": task.label,
-            "schedule": kind,
-            "lr": lr,
-            "seed": seed,
-            "final_val_loss": math.inf if diverged[i] else float(val[i]),
-            "test_loss": float(test[i]),
-            "diverged": bool(diverged[i]),
+            "best_constant_lr": chosen[task.label],
+            "constant_vs_tuned_cosine": constant[task.label] / cosine[task.label],
         }
-        for i, (kind, lr, seed) in enumerate(runs)
+        for task in tasks
     ]
-
-
-def summary(rows: list[dict]) -> dict[str, float]:
-    """Best lrs and median test losses of constant 1e-3 and the tuned methods."""
-
-    def median(kind, lr, key):
-        return float(
-            np.median([r[key] for r in rows if r["schedule"] == kind and r["lr"] == lr])
-        )
-
-    best = {
-        kind: min(TUNING_GRID, key=lambda lr: median(kind, lr, "final_val_loss"))
-        for kind in ("constant", "cosine")
-    }
-    return {
-        "best_constant_lr": best["constant"],
-        "best_cosine_lr": best["cosine"],
-        "constant_1e-3_test": median("constant", 1e-3, "test_loss"),
-        "tuned_constant_test": median("constant", best["constant"], "test_loss"),
-        "tuned_cosine_test": median("cosine", best["cosine"], "test_loss"),
-    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("suite", help="an evaluation suite yaml (families: ...)")
+    parser.add_argument("suite", help="an evaluation suite (name or .yaml path)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per task")
-    parser.add_argument("--pilot", default="default", help="bundle giving K and clip")
-    parser.add_argument("--out", default=None, help="CSV of every run")
+    parser.add_argument("--out", type=Path, default=Path("runs/lr-sweep"))
     args = parser.parse_args()
     configure_process(1)
-    bundle = load_bundle(args.pilot)
-    tasks, _ = load_suite(args.suite)
-    all_rows = []
-    for task in tasks:
-        start = time.process_time()
-        rows = sweep(task, args.seeds, bundle)
-        all_rows += rows
-        s = summary(rows)
-        ratio = s["constant_1e-3_test"] / s["tuned_cosine_test"]
+    for row in sweep(args.suite, args.seeds, args.out):
         print(
-            f"{task.label:60s} best const {s['best_constant_lr']:g}  "
-            f"best cos {s['best_cosine_lr']:g}  const1e-3/tcos {ratio:.3f}  "
-            f"test c1e-3 {s['constant_1e-3_test']:.4g} tcos {s['tuned_cosine_test']:.4g}"
-            f"  ({time.process_time() - start:.0f} s)",
-            flush=True,
+            f"{row['task']:60s} best constant lr {row['best_constant_lr']:g}  "
+            f"constant 1e-3 / tuned cosine {row['constant_vs_tuned_cosine']:.3f}"
         )
-    if args.out:
-        with open(args.out, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=list(all_rows[0]))
-            writer.writeheader()
-            writer.writerows(all_rows)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,7 @@ $(VENV)/.installed: pyproject.toml
 
 # Meta-trains a smoke pilot (seconds), then shows the shipped pilot against constant Adam
 # and tuned cosine on a val-split task, never a held-out one (runs/demo-eval is the
-# demo's own, redone each time, so a newer shipped pilot never meets the cached jobs of
-# an older one).
+# demo's own, redone each time, so it also runs after a shipped pilot with another K).
 demo: install
 	$(VENV)/bin/hyperpilot train --config smoke
 	rm -rf runs/demo-eval

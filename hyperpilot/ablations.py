@@ -35,6 +35,11 @@ ARMS: dict[str, list[str]] = {
     # how actions act: accumulate on the current values, or bend a base schedule
     "residual": ["env.action_mode=residual"],
     "residual_lr_only": ["env.action_mode=residual", "env.controlled=[lr]"],
+    "residual_wide": ["env.action_mode=residual", "env.action_bounds.lr_step=1.0"],
+    "residual_narrow_init": [
+        "env.action_mode=residual",
+        "env.init.lr=[1.0e-4, 1.0e-2]",
+    ],
     "lr_only": ["env.controlled=[lr]"],
     # how far a decision may move: a fifth of a decade of lr, beta1 kept >= 0.8
     "small_steps": [

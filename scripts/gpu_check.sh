@@ -44,9 +44,9 @@ print("engine step on", t.obs.device, "reward", t.reward.cpu().numpy().round(3))
 PY
 
 if [ "$DEVICE" = cuda ]; then
-  python3 -P -m pytest -q -p no:cacheprovider tests/test_optim.py -k cuda 2>&1 | tee "$OUT/parity.txt"
+  python3 -P -m pytest -q -p no:cacheprovider tests/envs/test_optim.py -k cuda 2>&1 | tee "$OUT/parity.txt"
 else
-  python3 -P -m pytest -q -p no:cacheprovider tests/test_optim.py -k cpu 2>&1 | tee "$OUT/parity.txt"
+  python3 -P -m pytest -q -p no:cacheprovider tests/envs/test_optim.py -k cpu 2>&1 | tee "$OUT/parity.txt"
 fi
 # Meta-training end to end with the inner runs on the device (PPO stays on the CPU).
 timeout 90 python3 -P -m hyperpilot.cli train --config smoke --device "$DEVICE" \

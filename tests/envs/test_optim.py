@@ -11,7 +11,7 @@ from hyperpilot.envs.optim import BatchedAdam
 from hyperpilot.envs.settings import EnvSettings
 from hyperpilot.envs.tasks import make_family
 
-NORM = "norm_family:NormFamily"
+NORM = "helpers:NormFamily"
 F64 = torch.float64
 
 # Per run: three (lr, beta1, clip) settings that change every 10 steps. The last run

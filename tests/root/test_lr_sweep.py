@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "lr_sweep.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "lr_sweep.py"
 
 
 def _lr_sweep():

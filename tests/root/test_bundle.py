@@ -1,13 +1,12 @@
 import functools
 import json
-import pathlib
 import pickle
 
 import numpy as np
 import pytest
 import safetensors.torch
 import torch
-from conftest import save_tiny_bundle, train_tiny_ppo
+from helpers import Payload, save_tiny_bundle, train_tiny_ppo
 from torch import nn
 
 from hyperpilot._version import __version__
@@ -292,22 +291,12 @@ def test_plain_pt_weights_load(saved):
     torch.testing.assert_close(load_bundle(saved).act(obs), reference.act(obs))
 
 
-class _Payload:
-    """Unpickling this runs `Path.touch(marker)`: a stand-in for arbitrary code."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (pathlib.Path.touch, (self.marker,))
-
-
 def _write_pickle(path, marker, writer):
     if writer == "torch.save":
-        torch.save({"action_net.weight": _Payload(marker)}, path)
+        torch.save({"action_net.weight": Payload(marker)}, path)
     else:
         with open(path, "wb") as f:
-            pickle.dump({"action_net.weight": _Payload(marker)}, f)
+            pickle.dump({"action_net.weight": Payload(marker)}, f)
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
@@ -315,7 +304,7 @@ def _write_pickle(path, marker, writer):
 def test_load_never_unpickles_a_malicious_pt(saved, tmp_path, writer):
     # The payload is live: plain unpickling would run it.
     control = tmp_path / "control"
-    pickle.loads(pickle.dumps(_Payload(control)))
+    pickle.loads(pickle.dumps(Payload(control)))
     assert control.exists()
 
     marker = tmp_path / "pwned"

@@ -16,8 +16,8 @@ INFO_KEYS = {"train_loss", "val_loss", "grad_norm", "lr", "beta1", "clip", "task
         {"family": "quadratic_2d"},
         {"family": "quadratic_2d", "controlled": ["lr"], "action_mode": "residual"},
         {"family": "mlp_digits", "family_kwargs": {"width": 32, "horizon": 40}},
-        {  # tests/norm_family.py: a model with buffers
-            "family": "norm_family:NormFamily",
+        {  # tests/helpers.py (NormFamily): a model with buffers
+            "family": "helpers:NormFamily",
             "decision_interval": 2,
             "family_kwargs": {"horizon": 8},
         },

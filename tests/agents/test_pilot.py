@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import save_tiny_bundle, train_tiny_ppo
+from helpers import save_tiny_bundle, train_tiny_ppo
 from torch import nn
 from torch.func import functional_call
 
@@ -152,9 +152,9 @@ def _instance(family, **kwargs):
     return family.sample(np.random.default_rng(0))
 
 
-# tests/norm_family.py: BatchNorm buffers, SeededDropout and AdamW's weight decay
+# tests/helpers.py (NormFamily): BatchNorm buffers, SeededDropout and AdamW's weight decay
 # (with a val_fn, see the BatchNorm test below)
-NORM = ("norm_family:NormFamily", {"dropout": 0.3, "weight_decay": 0.2})
+NORM = ("helpers:NormFamily", {"dropout": 0.3, "weight_decay": 0.2})
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ from hyperpilot.envs.tasks import (
 from hyperpilot.envs.tasks.base import SeededDropout, build_model
 from hyperpilot.envs.tasks.splits import available_splits, load_split
 
-NEEDS_ARGUMENTS = {"data_file"}  # needs path=...; see tests/test_data_file.py
+NEEDS_ARGUMENTS = {"data_file"}  # needs path=...; see tests/envs/test_data_file.py
 FAMILIES = [name for name in family_names() if name not in NEEDS_ARGUMENTS]
 DATA_FIELDS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
 SHIPPED_SPLITS = (
@@ -488,21 +488,19 @@ def test_duplicate_registration_raises(monkeypatch):
 
 
 def test_family_by_import_path(monkeypatch):
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    family = make_family("custom_family:CustomFamily", n_features=3)
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1]))
+    family = make_family("helpers:CustomFamily", n_features=3)
     assert family.shape_key == (3,)
-    assert family.name == "custom_family:CustomFamily"
+    assert family.name == "helpers:CustomFamily"
     instance = family.sample(np.random.default_rng(0))
     assert instance.x_train.shape == (64, 3)
-    with pytest.raises(ValueError, match="custom_family:CustomFamily"):
-        make_family("custom_family:CustomFamily", width=3)
+    with pytest.raises(ValueError, match="helpers:CustomFamily"):
+        make_family("helpers:CustomFamily", width=3)
 
 
-@pytest.mark.parametrize(
-    "path", ["no_such_module_xyz:Family", "custom_family:NoSuchFamily"]
-)
+@pytest.mark.parametrize("path", ["no_such_module_xyz:Family", "helpers:NoSuchFamily"])
 def test_bad_import_path_raises(monkeypatch, path):
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1]))
     with pytest.raises(ValueError, match=r"cannot import|has no"):
         make_family(path)
 

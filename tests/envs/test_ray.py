@@ -16,7 +16,7 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from test_vec_env import (  # noqa: E402
+from helpers import (  # noqa: E402
     CONTRACT_CASES,
     check_matches_single_envs,
     check_ppo_learns,

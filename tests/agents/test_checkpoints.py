@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_bundle import _Payload
+from helpers import Payload
 
 from hyperpilot.agents.checkpoints import (
     STATE,
@@ -116,16 +116,16 @@ def test_a_checkpoint_holds_no_pickle(run_folder):
 
 def _plant(path, marker, writer):
     if writer == "torch.save":
-        torch.save({"policy/action_net.weight": _Payload(marker)}, path)
+        torch.save({"policy/action_net.weight": Payload(marker)}, path)
     else:
-        path.write_bytes(pickle.dumps({"num_timesteps": _Payload(marker)}))
+        path.write_bytes(pickle.dumps({"num_timesteps": Payload(marker)}))
 
 
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
 @pytest.mark.parametrize("name", [TENSORS, STATE])
 def test_a_payload_in_a_checkpoint_is_refused(run, tmp_path, capsys, name, writer):
     control = tmp_path / "control"
-    pickle.loads(pickle.dumps(_Payload(control)))  # the payload is live
+    pickle.loads(pickle.dumps(Payload(control)))  # the payload is live
     assert control.exists()
     marker = tmp_path / "pwned"
     for checkpoint in list_checkpoints(run):

@@ -141,7 +141,7 @@ def test_minibatch_order_walks_each_runs_seeded_permutations():
     assert torch.equal(order.next()[1], batches[0][1])
 
 
-NORM = "norm_family:NormFamily"
+NORM = "helpers:NormFamily"
 
 
 def test_buffers_stand_still_once_a_run_has_ended():

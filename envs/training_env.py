@@ -13,7 +13,6 @@ from hyperpilot.envs.engine import BatchedEngine
 from hyperpilot.envs.episodes import draw_episode
 from hyperpilot.envs.features import OBS_HIGH, OBS_LOW
 from hyperpilot.envs.settings import EnvSettings
-from hyperpilot.envs.tasks.base import TaskFamily
 from hyperpilot.envs.tasks.splits import FamilySpec, load_split
 
 
@@ -139,16 +138,13 @@ class InnerTrainingEnv(gym.Env[np.ndarray, np.ndarray]):
         else:
             self.specs = [FamilySpec(family, dict(family_kwargs or {}))]
         self.settings = EnvSettings.from_kwargs(**settings)
-        self._families: dict[int, TaskFamily] = {}
+        # Built here (no data is read until a family samples), so a bad knob is
+        # refused by `gym.make`, not at the first reset.
+        self._families = [spec.build() for spec in self.specs]
         self.action_space = action_space(self.settings)
         self.observation_space = observation_space()
         self._engine: BatchedEngine | None = None
         self._engine_family = -1
-
-    def _family(self, index: int) -> TaskFamily:
-        if index not in self._families:
-            self._families[index] = self.specs[index].build()
-        return self._families[index]
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -158,7 +154,7 @@ class InnerTrainingEnv(gym.Env[np.ndarray, np.ndarray]):
         index = 0
         if len(self.specs) > 1:
             index = int(self.np_random.integers(len(self.specs)))
-        family = self._family(index)
+        family = self._families[index]
         episode = draw_episode(
             family, self.np_random, self.settings.init, self.settings.val_drop_prob
         )

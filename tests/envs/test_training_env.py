@@ -122,3 +122,9 @@ def test_bad_actions_raise(action, match):
     env.reset(seed=0)
     with pytest.raises(ValueError, match=match):
         env.step(action)
+
+
+@pytest.mark.parametrize("horizon", [0, -3, [0, 10]], ids=["zero", "negative", "range"])
+def test_gym_make_refuses_a_horizon_below_one(horizon):
+    with pytest.raises(ValueError, match="horizon must be >= 1"):
+        gym.make(ENV_ID, family="quadratic_2d", family_kwargs={"horizon": horizon})

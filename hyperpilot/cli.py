@@ -319,9 +319,9 @@ def _evaluate_parser() -> argparse.ArgumentParser:
 def evaluate(argv: Sequence[str] | None = None) -> int:
     """Evaluates a pilot beside practitioners' schedules on tasks it never saw."""
     args = _evaluate_parser().parse_args(argv)
-    ray = ray_options(args)
-    if ray is not None and args.device != "cpu":
+    if args.backend == "ray" and args.device != "cpu":
         raise UserError("--backend ray runs evaluation jobs on CPUs; drop --device")
+    ray = ray_options(args)
     configure_process()
     load_bundle(args.pilot)  # a bad pilot fails before any task is built
     choice = evaluation.resolve_tasks(

@@ -190,7 +190,8 @@ def reference_order(seeds_and_restarts, n_rows, batch_size, steps):
     [(10, 3), (1024, 128), (700, 96), (5, 5), (2, 1)],
     ids=["tiny-remainder", "digits", "remainder", "one-batch", "two-rows"],
 )
-def test_minibatch_order_matches_a_generator_per_run(n_rows, batch_size):
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "per-run"])
+def test_minibatch_order_matches_a_generator_per_run(n_rows, batch_size, batched):
     # Runs restart at different steps, with seeds up to 2**63 - 1 (data_seed range).
     seeds_and_restarts = [
         {0: 0},
@@ -200,9 +201,21 @@ def test_minibatch_order_matches_a_generator_per_run(n_rows, batch_size):
     ]
     steps = 12
     expected = reference_order(seeds_and_restarts, n_rows, batch_size, steps)
-    order = MinibatchOrder(len(seeds_and_restarts), n_rows, batch_size, "cpu")
+    order = MinibatchOrder(len(seeds_and_restarts), n_rows, batch_size, "cpu", batched)
     for step in range(steps):
         for run, restarts in enumerate(seeds_and_restarts):
             if step in restarts:
                 order.restart(run, restarts[step])
         assert torch.equal(order.next(), expected[step]), f"step {step}"
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "per-run"])
+@pytest.mark.parametrize("k", [1, 4, 10], ids=["k1", "k4", "k10"])
+def test_a_window_of_minibatches_is_k_single_steps(k, batched):
+    seeds = {0: 0, 1: 3, 2: 2**33}
+    expected = reference_order([{0: s} for s in seeds.values()], 100, 7, 3 * k)
+    order = MinibatchOrder(3, 100, 7, "cpu", batched)
+    for run, seed in seeds.items():
+        order.restart(run, seed)
+    got = torch.cat([order.window(k) for _ in range(3)])
+    assert torch.equal(got, torch.stack(expected))

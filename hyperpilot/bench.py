@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnvWrapper
+from torch.profiler import ProfilerActivity, profile
 
 from hyperpilot import ray_backend
 from hyperpilot.envs import BatchedTrainingVecEnv, InnerTrainingEnv
@@ -102,8 +103,6 @@ def _outer_operator_calls(fn: Callable[[], None], calls: int) -> int:
     An operator called by another operator (`linear` calling `mm`) counts once, as
     the outer one: on a GPU each outer call is at least one kernel launch.
     """
-    from torch.profiler import ProfilerActivity, profile
-
     fn()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(calls):

@@ -23,6 +23,7 @@ from hyperpilot.envs.actions import Hyperparams, decode_in_run
 from hyperpilot.envs.episodes import Episode
 from hyperpilot.envs.features import N_FEATURES, FeatureTracker
 from hyperpilot.envs.optim import BatchedAdam, clip_by_global_norm, row_dot
+from hyperpilot.envs.order import MinibatchOrder
 from hyperpilot.envs.reward import compute_reward
 from hyperpilot.envs.settings import EnvSettings, resolve_device
 from hyperpilot.envs.tasks.base import TaskInstance
@@ -38,52 +39,22 @@ def is_divergence(
     gives no scale), only a non-finite loss does. The engine, the library-optimizer
     runs and the deployed `Pilot` all decide with this function.
     """
-    limit = torch.where(first_loss > 0, factor * first_loss, math.inf)
+    limit = divergence_limit(first_loss, factor)
     return ~torch.isfinite(loss) | (loss.to(torch.float64) > limit)
 
 
-class MinibatchOrder:
-    """Per-run shuffled minibatches: each run walks its own random permutations.
+def divergence_limit(first_loss: torch.Tensor, factor: float) -> torch.Tensor:
+    """`[N]` the loss above which each run diverges (inf before a first loss > 0)."""
+    return torch.where(first_loss > 0, factor * first_loss, math.inf)
 
-    Run i draws `torch.randperm(n_rows, generator=Generator().manual_seed(seed_i))`
-    and takes `batch_size` rows at a time, drawing a new permutation when fewer than
-    `batch_size` rows remain (the remainder is dropped, like `drop_last=True`).
 
-    The positions live on the CPU, so choosing who needs a new permutation never
-    waits for the device; new permutations travel in one copy.
-    """
+@dataclass
+class _WindowGraph:
+    """A captured decision window: the graph, its input and output tensors."""
 
-    def __init__(self, n: int, n_rows: int, batch_size: int, device: torch.device):
-        if batch_size > n_rows:
-            raise ValueError(f"batch_size {batch_size} exceeds the {n_rows} train rows")
-        self.n_rows, self.batch_size, self.device = n_rows, batch_size, device
-        self.generators = [torch.Generator() for _ in range(n)]
-        self.perms = torch.zeros(n, n_rows, dtype=torch.long, device=device)
-        self.position = torch.full((n,), n_rows, dtype=torch.long)
-        self.offsets = torch.arange(batch_size, device=device)
-
-    def restart(self, run: int, seed: int) -> None:
-        """Restarts run `run` from seed `seed`."""
-        self.generators[run].manual_seed(seed)
-        self.position[run] = self.n_rows
-
-    def next(self) -> torch.Tensor:
-        """`[N, batch_size]` row indices of every run's next minibatch."""
-        exhausted = (self.position + self.batch_size > self.n_rows).nonzero().flatten()
-        if len(exhausted):
-            perms = torch.stack(
-                [
-                    torch.randperm(self.n_rows, generator=self.generators[run])
-                    for run in exhausted.tolist()
-                ]
-            )
-            runs = exhausted.to(self.device, non_blocking=True)
-            self.perms[runs] = perms.to(self.device, non_blocking=True)
-            self.position[exhausted] = 0
-        start = self.position.to(self.device, non_blocking=True)
-        index = self.perms.gather(1, start[:, None] + self.offsets)
-        self.position += self.batch_size
-        return index
+    graph: torch.cuda.CUDAGraph
+    inputs: tuple[torch.Tensor, ...]
+    outputs: tuple[torch.Tensor, ...]
 
 
 @dataclass(frozen=True)
@@ -120,6 +91,7 @@ class BatchedEngine:
         self.n = n
         self.settings = settings or EnvSettings()
         self.device = resolve_device(self.settings.device)
+        self.settings.check_capture(self.device)
         self.dtype = self.settings.torch_dtype
         self.k = self.settings.decision_interval
         self._built = False
@@ -177,17 +149,20 @@ class BatchedEngine:
         self.first_val = torch.ones(n, device=self.device, dtype=torch.float64)
         self.last_val = torch.ones(n, device=self.device, dtype=torch.float64)
         self.best_val = torch.ones(n, device=self.device, dtype=torch.float64)
-        self.prev_grad = torch.zeros_like(self.flat_params)
-        # Two gradient buffers used in turn: this step's and the previous one.
-        self._grad_buffers = (
-            torch.empty_like(self.flat_params),
-            torch.empty_like(self.flat_params),
-        )
+        # Two (gradient, update) pairs used in turn: this step's, and the previous
+        # step's clipped gradient and parameter update, whose dot products with
+        # this step's gradient come in one call.
+        self._pairs = torch.zeros(2, 2, *self.flat_params.shape, **kw)
+        self._pair_views = [(pair, *pair.unbind(0)) for pair in self._pairs.unbind(0)]
         self._parity = 0
         self.prev_grad_norm = torch.zeros(n, **kw)
-        self.prev_update = torch.zeros_like(self.flat_params)
         n_rows = len(instance.x_train)
         self._row_offsets = (torch.arange(n, device=self.device) * n_rows)[:, None]
+        self._steps_ahead = torch.arange(self.k, device=self.device)[:, None]
+        self._negative_zero = torch.full((1,), -0.0, **kw)
+        self._train_x = self.data["x_train"].flatten(0, 1)
+        self._train_y = self.data["y_train"].flatten(0, 1)
+        self._graphs: dict[tuple[int, bool], _WindowGraph] = {}
 
         # Two stateless copies of the model, one per mode: the inner steps run in
         # train mode, validation and test in eval mode.
@@ -244,8 +219,8 @@ class BatchedEngine:
             self._decays = any(i.weight_decay for i in self.instances if i is not None)
             self.initial = self.hparams.where(mask, self.initial)
             self.adam.reset_runs(mask)
-            for state in (self.prev_grad, self.prev_grad_norm, self.prev_update):
-                state[mask] = 0.0
+            self._pairs[self._parity, :, mask] = 0.0
+            self.prev_grad_norm[mask] = 0.0
             self.step_count[mask] = 0
             self.running |= mask
             val = self.evaluate("val").to(torch.float64)
@@ -328,57 +303,33 @@ class BatchedEngine:
         """Decodes an agent's actions `[N, k]`, then runs one decision window."""
         return self.advance(self.decode(action))
 
+    @property
+    def prev_grad(self) -> torch.Tensor:
+        """`[N, P]` the previous inner step's clipped gradients."""
+        return self._pairs[self._parity, 0]
+
+    @property
+    def prev_update(self) -> torch.Tensor:
+        """`[N, P]` the previous inner step's parameter changes."""
+        return self._pairs[self._parity, 1]
+
     def advance(self, hparams: Hyperparams) -> Transition:
         """Sets `hparams` for the runs still running and trains K inner steps."""
         running = self.running
         self.hparams = hparams.to(self.device, self.dtype).where(running, self.hparams)
         lr, beta1, clip = self.hparams.values()
-        k = self.k
-        grad_norms = torch.zeros(self.n, k, device=self.device, dtype=self.dtype)
-        update_dot = torch.zeros(self.n, device=self.device, dtype=torch.float64)
-        diverged = torch.zeros(self.n, dtype=torch.bool, device=self.device)
-        limit_factor = self.settings.divergence_factor
-        for i in range(k):
-            rows = (self.order.next() + self._row_offsets).flatten()
-            x = self._train_rows(self.data["x_train"], rows)
-            y = self._train_rows(self.data["y_train"], rows)
-            grads, (loss, buffers) = self._grad_fn(self.params, self.buffers, x, y)
-            self._parity ^= 1
-            grad = torch.cat(
-                [g.reshape(self.n, -1) for g in grads.values()],
-                dim=1,
-                out=self._grad_buffers[self._parity],
+        rows = (self.order.window(self.k) + self._row_offsets).flatten(1)
+        if self.settings.capture:
+            ok, grad_norms, update_dot = self._replay_window(
+                rows, lr, beta1, clip, running
             )
-            loss = loss.detach()
-            diverged |= running & is_divergence(
-                loss, self.tracker.first_loss, limit_factor
+        else:
+            ok, grad_norms, update_dot = self._train_window(
+                rows, lr, beta1, clip, running
             )
-            active = running & ~diverged & (self.step_count < self.horizon)
-            for name, buffer in buffers.items():
-                keep = active.view(-1, *([1] * (buffer.dim() - 1)))
-                self.buffers[name] = torch.where(keep, buffer, self.buffers[name])
-            grad_dot_prev = row_dot(grad, self.prev_grad)
-            update_dot += row_dot(grad, self.prev_update).to(torch.float64)
-            grad, norm, factor = clip_by_global_norm(grad, clip)
-            grad_norms[:, i] = norm
-            agreement = grad_dot_prev / (norm * self.prev_grad_norm).clamp_min(1e-30)
-            # A cosine ignores the clipping factor, so the clipped gradient serves as
-            # the previous one: no copy of the gradients per step.
-            self.prev_grad = grad
-            self.prev_grad_norm = norm * factor
-            self.prev_update = self.adam.step(
-                self.flat_params,
-                grad,
-                lr,
-                beta1,
-                active,
-                self.weight_decay if self._decays else None,
-            )
-            self.tracker.record_step(loss, norm, (factor < 1.0) & active, agreement)
-            self.step_count += active.long()
         with torch.no_grad():
             finite = self.flat_params.isfinite().all(1)
-            diverged |= running & ~finite
+            diverged = running & ~(ok & finite)
             train_loss = self.tracker.window_train_loss()
             val = self.evaluate("val").to(torch.float64)
             truncated = running & ~diverged & (self.step_count >= self.horizon)
@@ -413,6 +364,139 @@ class BatchedEngine:
             grad_update_dot=update_dot,
             hparams=self.hparams,
         )
+
+    def _train_window(
+        self,
+        rows: torch.Tensor,
+        lr: torch.Tensor,
+        beta1: torch.Tensor,
+        clip: torch.Tensor,
+        running: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """K inner steps of every run, with their bookkeeping.
+
+        Per step: the minibatch, the gradient, the divergence test, the clipping
+        and the masked Adam step, each a whole-batch operation. What only the
+        features need (sums, the gradients' agreement, first losses) is recorded
+        once per window from `[K, N]` stacks. Every state tensor changes in place,
+        so a CUDA graph of this method replays it (`settings.capture`).
+
+        Args:
+            rows: `[K, N * batch_size]` flat row indices of the minibatches.
+            lr: `[N]` learning rates.
+            beta1: `[N]` Adam beta1.
+            clip: `[N]` clipping thresholds.
+            running: `[N]` the runs that train.
+
+        Returns:
+            `[N]` whether a run's losses all passed the divergence test, the
+            `[N, K]` pre-clip gradient norms and the `[N]` sums of each step's
+            gradient dotted with the previous parameter update.
+        """
+        n, factor = self.n, self.settings.divergence_factor
+        shape_x, shape_y = self._train_x.shape[1:], self._train_y.shape[1:]
+        # A run trains at step i while it runs, has not diverged and has steps left.
+        alive = (running & (self.step_count + self._steps_ahead < self.horizon)).unbind(
+            0
+        )
+        negated_steps, corrections = self.adam.window_coefficients(lr, beta1, self.k)
+        weight = (1.0 - beta1)[:, None]
+        decay = (lr * self.weight_decay)[:, None] if self._decays else None
+        first = self.tracker.first_loss
+        limit = divergence_limit(first, factor)
+        ok = torch.ones_like(running)
+        losses, norms, factors, actives, dots = [], [], [], [], []
+        for i, index in enumerate(rows.unbind(0)):
+            x = self._train_x.index_select(0, index).view(n, -1, *shape_x)
+            y = self._train_y.index_select(0, index).view(n, -1, *shape_y)
+            grads, (loss, buffers) = self._grad_fn(self.params, self.buffers, x, y)
+            previous = self._pair_views[self._parity][0]
+            self._parity ^= 1
+            _, grad_out, update_out = self._pair_views[self._parity]
+            grad = torch.cat(
+                [g.reshape(n, -1) for g in grads.values()], dim=1, out=grad_out
+            )
+            if i == 1:  # the first loss of a fresh run is its step-0 loss
+                first = torch.where(torch.isnan(first), losses[0].double(), first)
+                limit = divergence_limit(first, factor)
+            ok = ok & torch.isfinite(loss) & (loss.to(torch.float64) <= limit)
+            active = ok & alive[i]
+            for name, buffer in buffers.items():
+                keep = active.view(-1, *([1] * (buffer.dim() - 1)))
+                self.buffers[name].copy_(torch.where(keep, buffer, self.buffers[name]))
+            dots.append(row_dot(grad, previous))  # with the previous grad, update
+            grad, norm, clip_factor = clip_by_global_norm(grad, clip)
+            keep = active[:, None]
+            self.adam.apply(
+                self.flat_params,
+                grad,
+                torch.where(keep, negated_steps[i], self._negative_zero),
+                corrections[i],
+                weight,
+                active,
+                None if decay is None else torch.where(keep, decay, 0.0),
+                update_out,
+            )
+            losses.append(loss)
+            norms.append(norm)
+            factors.append(clip_factor)
+            actives.append(active)
+        norms, factors = torch.stack(norms), torch.stack(factors)
+        actives, dots = torch.stack(actives), torch.stack(dots)
+        clipped_norms = norms * factors
+        # A cosine ignores the clipping factor: the clipped gradient served as the
+        # previous one, its norm is the clipped norm.
+        previous_norms = torch.cat([self.prev_grad_norm[None], clipped_norms[:-1]])
+        agreements = dots[:, 0] / (norms * previous_norms).clamp_min(1e-30)
+        self.prev_grad_norm.copy_(clipped_norms[-1])
+        self.tracker.record_window(
+            torch.stack(losses), norms, (factors < 1.0) & actives, agreements
+        )
+        steps_taken = actives.sum(0)
+        self.step_count += steps_taken
+        self.adam.steps += steps_taken.to(self.adam.steps.dtype)
+        start = torch.zeros_like(first)[None]
+        update_dot = torch.cat([start, dots[:, 1].to(torch.float64)]).cumsum(0)[-1]
+        return ok, norms.T.contiguous(), update_dot
+
+    def _replay_window(
+        self,
+        rows: torch.Tensor,
+        lr: torch.Tensor,
+        beta1: torch.Tensor,
+        clip: torch.Tensor,
+        running: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`_train_window` through a CUDA graph, captured at its first use.
+
+        The first window of each kind (which gradient pair it starts from, with or
+        without weight decay) runs eagerly and is then captured; later windows copy
+        their inputs into the graph's and replay it. Dropout stays per run under
+        capture: `SeededDropout` draws from its buffers, which change in place.
+        """
+        inputs = (rows, lr, beta1, clip, running)
+        key = (self._parity, self._decays)
+        graph = self._graphs.get(key)
+        if graph is None:
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):  # the warm-up is this window's real work
+                outputs = self._train_window(*inputs)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            static = tuple(t.clone() for t in inputs)
+            graph = _WindowGraph(torch.cuda.CUDAGraph(), static, ())
+            parity = self._parity
+            self._parity = key[0]
+            with torch.cuda.graph(graph.graph):
+                graph.outputs = self._train_window(*static)
+            self._parity = parity
+            self._graphs[key] = graph
+            return outputs
+        for static, value in zip(graph.inputs, inputs):
+            static.copy_(value)
+        graph.graph.replay()
+        self._parity ^= self.k & 1
+        return tuple(t.clone() for t in graph.outputs)
 
     # -------------------------------------------------------------- evaluation
     @torch.no_grad()

@@ -11,6 +11,8 @@ from typing import Final
 
 import torch
 
+from hyperpilot.envs.optim import rows_like_vectors
+
 FEATURES_VERSION: Final = 1
 """Bump when a feature's meaning, order or scaling changes: old policies then refuse to load."""
 
@@ -130,13 +132,60 @@ class FeatureTracker:
         loss = loss.detach().to(torch.float64)
         grad_norm = grad_norm.detach().to(torch.float64)
         first = torch.isnan(self.first_loss)
-        self.first_loss = torch.where(first, loss, self.first_loss)
-        self.first_grad_norm = torch.where(first, grad_norm, self.first_grad_norm)
+        self.first_loss.copy_(torch.where(first, loss, self.first_loss))
+        self.first_grad_norm.copy_(torch.where(first, grad_norm, self.first_grad_norm))
         self.loss_sum += loss
         self.grad_norm_log_sum += torch.log(grad_norm.clamp_min(1e-30))
         self.agreement_sum += agreement.detach().to(torch.float64)
         self.clipped += clipped.to(torch.float64)
         self.count += 1.0
+
+    def record_window(
+        self,
+        losses: torch.Tensor,
+        grad_norms: torch.Tensor,
+        clipped: torch.Tensor,
+        agreements: torch.Tensor,
+    ) -> None:
+        """Adds K inner steps at once: the same numbers as K `record_step` calls.
+
+        Every tensor is `[K, N]`, one row per step. The sums are taken one step
+        after the other (a cumulative sum from the running totals), so they round
+        exactly as K calls would; the state is updated in place.
+        """
+        losses = losses.to(torch.float64)
+        grad_norms = grad_norms.to(torch.float64)
+        # `first_loss` takes the first non-NaN loss (the last one if all are NaN),
+        # `first_grad_norm` the norm of that same step, as K calls would.
+        valid = ~torch.isnan(losses)
+        last = torch.full_like(self.count, len(losses) - 1, dtype=torch.long)
+        step = torch.where(valid.any(0), valid.byte().argmax(0), last)[None]
+        first = torch.isnan(self.first_loss)
+        self.first_grad_norm.copy_(
+            torch.where(first, grad_norms.gather(0, step)[0], self.first_grad_norm)
+        )
+        self.first_loss.copy_(
+            torch.where(first, losses.gather(0, step)[0], self.first_loss)
+        )
+        sums = (
+            self.loss_sum,
+            self.grad_norm_log_sum,
+            self.agreement_sum,
+            self.clipped,
+            self.count,
+        )
+        steps = torch.stack(
+            [
+                losses,
+                rows_like_vectors(torch.log, grad_norms.clamp_min(1e-30)),
+                agreements.to(torch.float64),
+                clipped.to(torch.float64),
+                torch.ones_like(losses),
+            ]
+        )
+        totals = torch.cat([torch.stack(sums)[:, None], steps], 1).cumsum(1)[:, -1]
+        for total, new in zip(sums, totals):
+            total.copy_(new)
 
     def window_train_loss(self) -> torch.Tensor:
         """Mean minibatch loss over the current window (NaN before any step)."""

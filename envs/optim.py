@@ -16,6 +16,33 @@ import torch
 CLIP_EPS = 1e-6
 
 
+def rows_like_vectors(fn, *args: torch.Tensor | float) -> torch.Tensor:
+    """`fn` on `[K, N]` tensors, each row computed exactly as `fn` on an `[N]` row.
+
+    PyTorch's CPU kernels compute the elements of a vector in SIMD lanes but its
+    tail (the last `numel % lanes`) one by one, and the two may differ in the last
+    bit for functions such as `pow`. Writing into rows of a padded buffer keeps
+    each row's tail a tail. Where the tensor is large enough for the kernel to be
+    split between threads (32,768 elements), rows are computed one at a time.
+    """
+    shape = torch.broadcast_shapes(
+        *(a.shape for a in args if isinstance(a, torch.Tensor))
+    )
+    like = next(a for a in args if isinstance(a, torch.Tensor) and a.shape == shape)
+    k, n = shape
+    out = like.new_empty(k, n + 1)[:, :n]
+    if like.device.type == "cpu" and k * (n + 1) > 32_768:
+        for row in range(k):
+            fn(*(a[row] if _is_table(a, k) else a for a in args), out=out[row])
+    else:
+        fn(*args, out=out)
+    return out
+
+
+def _is_table(a: torch.Tensor | float, k: int) -> bool:
+    return isinstance(a, torch.Tensor) and a.dim() == 2 and a.shape[0] == k
+
+
 def row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """`[N]` dot products of the rows of two `[N, P]` tensors."""
     return torch.linalg.vecdot(a, b)
@@ -63,6 +90,29 @@ class BatchedAdam:
         self.exp_avg_sq[runs] = 0.0
         self.steps[runs] = 0.0
 
+    def window_coefficients(
+        self, lr: torch.Tensor, beta1: torch.Tensor, k: int
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The `[N, 1]` negated step sizes and `sqrt(bias_correction2)` of K steps.
+
+        Exactly what `step` computes for a run that stays active through the
+        window (its step count then grows by one per step). A run that stops
+        mid-window takes a step size of -0.0 from the caller, so its (other)
+        bias correction only scales a zero: the same parameters either way.
+        """
+        ahead = torch.arange(1, k + 1, dtype=torch.float64, device=lr.device)
+        steps = (self.steps + ahead[:, None]).clamp(min=1.0)
+        dtype = lr.dtype
+        beta1 = beta1.to(torch.float64)
+        bias_correction1 = (1.0 - rows_like_vectors(torch.pow, beta1, steps)).to(dtype)
+        bias_correction2_sqrt = (
+            (1.0 - rows_like_vectors(torch.pow, self.beta2, steps)).sqrt().to(dtype)
+        )
+        negated = -(lr / bias_correction1)
+        return list(negated[:, :, None].unbind(0)), list(
+            bias_correction2_sqrt[:, :, None].unbind(0)
+        )
+
     def step(
         self,
         params: torch.Tensor,
@@ -98,15 +148,53 @@ class BatchedAdam:
         bias_correction1 = (1.0 - beta1.to(torch.float64).pow(steps)).to(dtype)
         bias_correction2_sqrt = (1.0 - self.beta2**steps).sqrt().to(dtype)
         step_size = torch.where(active, lr / bias_correction1, torch.zeros_like(lr))
-        decay = None
+        shrink = None
         if weight_decay is not None:
             shrink = torch.where(active, lr * weight_decay, torch.zeros_like(lr))
             shrink = shrink[:, None]
+        return self.apply(
+            params,
+            grad,
+            -step_size[:, None],
+            bias_correction2_sqrt[:, None],
+            (1.0 - beta1)[:, None],
+            active,
+            shrink,
+            self._update,
+        )
+
+    def apply(
+        self,
+        params: torch.Tensor,
+        grad: torch.Tensor,
+        negated_step: torch.Tensor,
+        bias_correction2_sqrt: torch.Tensor,
+        weight: torch.Tensor,
+        active: torch.Tensor,
+        shrink: torch.Tensor | None,
+        out: torch.Tensor,
+    ) -> torch.Tensor:
+        """The update of `step` from its coefficients (all `[N, 1]` but `active`).
+
+        Args:
+            params: `[N, P]` parameters, updated in place.
+            grad: `[N, P]` (clipped) gradients.
+            negated_step: `-lr / bias_correction1`, -0.0 where a run stands still.
+            bias_correction2_sqrt: `sqrt(1 - beta2**step)`.
+            weight: `1 - beta1`.
+            active: `[N]` bool, the runs whose moments move.
+            shrink: `lr * weight_decay` (0 where inactive), or None.
+            out: `[N, P]` buffer the update is written to.
+
+        Returns:
+            `out`, the parameter change of this step, decay included.
+        """
+        decay = None
+        if shrink is not None:
             if self._decay is None:
                 self._decay = torch.empty_like(params)
             decay = torch.mul(params, shrink, out=self._decay)
             params.mul_(1.0 - shrink)  # as torch.optim.AdamW: p.mul_(1 - lr * wd)
-        weight = (1.0 - beta1)[:, None]
         # Reading `active` back waits for the device: take the fast path on the CPU only.
         if params.device.type == "cpu" and bool(active.all()):
             self.exp_avg.lerp_(grad, weight)
@@ -118,9 +206,9 @@ class BatchedAdam:
             self.exp_avg.copy_(torch.where(keep, new_avg, self.exp_avg))
             self.exp_avg_sq.copy_(torch.where(keep, new_sq, self.exp_avg_sq))
         denom = torch.sqrt(self.exp_avg_sq, out=self._denom)
-        denom.div_(bias_correction2_sqrt[:, None]).add_(self.eps)
-        update = torch.div(self.exp_avg, denom, out=self._update)
-        update.mul_(-step_size[:, None])
+        denom.div_(bias_correction2_sqrt).add_(self.eps)
+        update = torch.div(self.exp_avg, denom, out=out)
+        update.mul_(negated_step)
         params.add_(update)
         if decay is not None:
             update.sub_(decay)

@@ -49,6 +49,10 @@ class EnvSettings:
         eps: Adam's eps (fixed).
         compile: `torch.compile` the batched gradient step (opt-in: it costs tens
             of seconds per shape bucket before it pays off).
+        capture: Replay each decision window's K inner steps as one CUDA graph
+            (CUDA only; opt-in): one launch instead of hundreds of kernel
+            launches per window. The first window of each kind runs eagerly and
+            is captured; not with `compile`.
     """
 
     decision_interval: int = 10
@@ -64,6 +68,7 @@ class EnvSettings:
     beta2: float = 0.999
     eps: float = 1e-8
     compile: bool = False
+    capture: bool = False
 
     def __post_init__(self) -> None:
         if self.decision_interval < 1:
@@ -87,7 +92,25 @@ class EnvSettings:
             raise ValueError(
                 f"dtype {self.dtype!r} is invalid; choose from {list(DTYPES)}"
             )
+        if self.capture and self.compile:
+            raise ValueError("capture and compile exclude each other; choose one")
         resolve_device(self.device)
+
+    def check_capture(self, device: torch.device) -> None:
+        """Refuses `capture` on a device other than CUDA.
+
+        Not part of `__post_init__`: a config's env knobs are checked with the
+        CPU standing in for `run.device`; the engine and the config's
+        `settings(device)` call this with the real device.
+
+        Raises:
+            ValueError: If `capture` is on and `device` is not a CUDA device.
+        """
+        if self.capture and device.type != "cuda":
+            raise ValueError(
+                f"capture (CUDA graphs) needs a CUDA device, got {device}; "
+                "set capture: false"
+            )
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> EnvSettings:

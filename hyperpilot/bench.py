@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnvWrapper
+from torch.profiler import ProfilerActivity, profile
 
 from hyperpilot import ray_backend
 from hyperpilot.envs import BatchedTrainingVecEnv, InnerTrainingEnv
@@ -96,6 +97,79 @@ def _env_step(venv, n: int, k_dim: int) -> Callable[[], None]:
     return lambda: venv.step(actions)
 
 
+def _outer_operator_calls(fn: Callable[[], None], calls: int) -> int:
+    """Outermost aten operator calls of `calls` calls of `fn` (after one warm-up).
+
+    An operator called by another operator (`linear` calling `mm`) counts once, as
+    the outer one: on a GPU each outer call is at least one kernel launch.
+    """
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(calls):
+            fn()
+    count = 0
+    for event in prof.events():
+        if not event.name.startswith("aten::"):
+            continue
+        parent = event.cpu_parent
+        while parent is not None and not parent.name.startswith("aten::"):
+            parent = parent.cpu_parent
+        count += parent is None
+    return count
+
+
+def operator_calls(
+    n: int = 64,
+    *,
+    windows: int = 8,
+    device: str = "cpu",
+    out: Path | None = BENCHMARKS_MD,
+    command: str = "hyperpilot bench throughput --ops",
+    log: Callable[[str], None] = print,
+) -> tuple[float, float]:
+    """Operator calls per inner step of `BatchedTrainingVecEnv` and of the raw loop.
+
+    Counts the outermost aten calls (`torch.profiler`) of `windows` decision
+    windows (K=10, eager: no compile, no capture) of the throughput problem, so the
+    minibatch permutations drawn every few windows are averaged in. Appends a
+    section to `out` (None: no file).
+
+    Returns:
+        The env's and the raw loop's calls per inner step.
+    """
+    k = 10
+    venv = BatchedTrainingVecEnv(
+        family=FAMILY,
+        family_kwargs=FAMILY_KWARGS,
+        n=n,
+        device=device,
+        decision_interval=k,
+    )
+    env = _outer_operator_calls(_env_step(venv, n, 3), windows) / (windows * k)
+    raw = _outer_operator_calls(raw_batched_loop(n, k, device), windows) / (windows * k)
+    line = f"| {n} | {k} | {env:.1f} | {raw:.1f} | {env / raw:.2f}x |"
+    log(
+        f"operator calls per inner step: env {env:.1f}, raw loop {raw:.1f} "
+        f"({env / raw:.2f}x)"
+    )
+    if out is not None:
+        header = (
+            f"\n## Operator calls, {datetime.date.today().isoformat()}\n\n"
+            f"- command: `{command}`\n"
+            f"- machine: {platform.machine()}, {os.cpu_count()} CPU(s), device "
+            f"{device}, torch {torch.__version__}; eager (no compile, no capture)\n"
+            f"- problem: {FAMILY} {FAMILY_KWARGS}; outermost aten calls counted "
+            f"with `torch.profiler` over {windows} windows\n\n"
+            "| N | K | env calls per inner step | raw loop calls per inner step | "
+            "env vs raw |\n|---|---|---|---|---|\n"
+        )
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("a") as handle:
+            handle.write(header + line + "\n")
+        log(f"appended to {out}")
+    return env, raw
+
+
 def throughput(
     ns: Sequence[int],
     *,
@@ -104,6 +178,7 @@ def throughput(
     ppo_timesteps: int = 4096,
     device: str = "cpu",
     compiled: bool = False,
+    captured: bool = False,
     out: Path = BENCHMARKS_MD,
     command: str = "hyperpilot bench throughput",
     log: Callable[[str], None] = print,
@@ -121,6 +196,8 @@ def throughput(
             skips it).
         device: Where the inner runs go.
         compiled: Also time `BatchedTrainingVecEnv` with `torch.compile`.
+        captured: Also time it with each window replayed as a CUDA graph
+            (`capture`; CUDA only).
         out: The markdown file the table is appended to.
         command: The command line, written with the table.
         log: Where each row goes as it is measured.
@@ -145,6 +222,15 @@ def throughput(
                 **settings,
             )
             arms["compiled"] = _env_step(compiled_env, n, 3)
+        if captured:
+            captured_env = BatchedTrainingVecEnv(
+                family=FAMILY,
+                family_kwargs=FAMILY_KWARGS,
+                n=n,
+                capture=True,
+                **settings,
+            )
+            arms["captured"] = _env_step(captured_env, n, 3)
         if n <= dummy_max_n:
             dummy_env = DummyVecEnv(
                 [lambda: InnerTrainingEnv(FAMILY, FAMILY_KWARGS, **settings)] * n
@@ -293,12 +379,14 @@ class Row:
     batched: float = math.nan
     dummy: float | None = None
     compiled: float | None = None
+    captured: float | None = None
 
     HEADER: ClassVar[str] = (
         "| N | raw loop inner steps/s | DummyVecEnv inner steps/s | "
         "BatchedTrainingVecEnv inner steps/s | transitions/s | batched vs Dummy | "
-        "env overhead vs raw | compiled inner steps/s |\n"
-        "|---|---|---|---|---|---|---|---|"
+        "env overhead vs raw | compiled inner steps/s | captured inner steps/s | "
+        "captured overhead vs raw |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
     )
 
     def rate(self, seconds: float | None) -> str:
@@ -308,10 +396,14 @@ class Row:
     def markdown(self) -> str:
         """The row of the table."""
         speedup = "-" if self.dummy is None else f"{self.dummy / self.batched:.2f}x"
+        captured = (
+            "-" if self.captured is None else f"{self.captured / self.raw - 1:+.0%}"
+        )
         return (
             f"| {self.n} | {self.rate(self.raw)} | {self.rate(self.dummy)} | "
             f"{self.rate(self.batched)} | {self.n / self.batched:,.0f} | {speedup} | "
-            f"{self.batched / self.raw - 1:+.0%} | {self.rate(self.compiled)} |"
+            f"{self.batched / self.raw - 1:+.0%} | {self.rate(self.compiled)} | "
+            f"{self.rate(self.captured)} | {captured} |"
         )
 
 
@@ -323,7 +415,7 @@ def _append_markdown(
         f"- command: `{command}`\n"
         f"- machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), "
         f"{platform.processor() or 'cpu'}, device {device}, torch {torch.__version__}; "
-        "all arms uncompiled except the last column\n"
+        "all arms eager except the compiled and captured columns\n"
         f"- problem: {FAMILY} {FAMILY_KWARGS}, K={k}\n\n"
         f"{Row.HEADER}\n"
     )

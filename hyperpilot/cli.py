@@ -386,6 +386,7 @@ def _throughput_parser() -> argparse.ArgumentParser:
         description="Measure inner steps/s on an MLP 64-128-10 on digits (batch 128, "
         "K=10): a raw batched loop, a DummyVecEnv of N InnerTrainingEnv, and "
         "BatchedTrainingVecEnv; plus the share of PPO's wall time spent in the env. "
+        "With --ops: operator calls per inner step of the env and the raw loop. "
         "With --backend ray: the local BatchedTrainingVecEnv against RayVecEnv.",
     )
     parser.add_argument("--n", default="1,8,64,256", help="comma-separated run counts")
@@ -417,6 +418,18 @@ def _throughput_parser() -> argparse.ArgumentParser:
         help="also measure BatchedTrainingVecEnv with torch.compile (slow to start)",
     )
     parser.add_argument(
+        "--capture",
+        action="store_true",
+        help="also measure BatchedTrainingVecEnv with each window replayed as a "
+        "CUDA graph (CUDA only)",
+    )
+    parser.add_argument(
+        "--ops",
+        action="store_true",
+        help="instead count operator calls per inner step of the env and of the "
+        "raw loop (N=64, K=10, eager) with torch.profiler",
+    )
+    parser.add_argument(
         "--backend",
         choices=("local", "ray"),
         default="local",
@@ -438,7 +451,9 @@ def _throughput(argv: Sequence[str]) -> int:
     except ValueError:
         raise UserError(f"--n takes comma-separated integers, got {args.n!r}") from None
     command = _command("bench throughput", argv)
-    if args.backend == "ray":
+    if args.ops:
+        benchmarks.operator_calls(device=args.device, out=args.out, command=command)
+    elif args.backend == "ray":
         benchmarks.ray_throughput(
             ns,
             workers=args.workers,
@@ -456,6 +471,7 @@ def _throughput(argv: Sequence[str]) -> int:
             ppo_timesteps=args.ppo_timesteps,
             device=args.device,
             compiled=args.compiled,
+            captured=args.capture,
             out=args.out,
             command=command,
         )

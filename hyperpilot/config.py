@@ -35,7 +35,7 @@ from stable_baselines3 import PPO
 
 from hyperpilot.bundle import ACTIVATIONS as ACTIVATION_CLASSES
 from hyperpilot.envs.reward import RewardConfig
-from hyperpilot.envs.settings import EnvSettings
+from hyperpilot.envs.settings import EnvSettings, resolve_device
 from hyperpilot.envs.tasks.splits import (
     CONFIGS_DIR,
     HELDOUT_PREFIX,
@@ -257,7 +257,9 @@ class EnvSection(create_model("_EnvKnobs", __base__=_Buckets, **_ENV_KNOBS)):
             ConfigError: If the device is invalid or not available here.
         """
         try:
-            return EnvSettings(**self._knob_values(), device=device)
+            settings = EnvSettings(**self._knob_values(), device=device)
+            settings.check_capture(resolve_device(device))
+            return settings
         except ValueError as error:
             raise ConfigError(str(error)) from None
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# GPU check (under 8 minutes on one GPU): an engine step and the Adam-parity tests on
-# CUDA, meta-training's smoke config on CUDA for 3200 steps, two rollouts of the gpu
-# config, then the batched throughput
-# benchmark up to N=4096. Runs from the source tree,
+# GPU check (under 6 minutes on one GPU): an engine step, the Adam-parity and the
+# capture-parity tests on CUDA, the batched throughput benchmark (raw loop, eager
+# and captured env) up to N=16,384, then one rollout of the gpu config, eager and
+# captured. Runs from the source tree,
 # with no install: gymnasium and stable-baselines3 may come as wheels in .whl/
 # (see the device tool's README). Results go to ${OUT:-gpu_check_out}/.
 # python3 -P: the repo root must not shadow the linked package tree.
@@ -43,26 +43,29 @@ assert t.obs.device.type == device and torch.isfinite(t.reward).all()
 print("engine step on", t.obs.device, "reward", t.reward.cpu().numpy().round(3))
 PY
 
+# Parity: Adam on CUDA, and captured windows (CUDA graphs) against eager ones.
 if [ "$DEVICE" = cuda ]; then
-  python3 -P -m pytest -q -p no:cacheprovider tests/envs/test_optim.py -k cuda 2>&1 | tee "$OUT/parity.txt"
+  timeout 60 python3 -P -m pytest -q -p no:cacheprovider tests/envs/test_optim.py \
+    tests/envs/test_engine_capture.py -k "cuda or capture" 2>&1 | tee "$OUT/parity.txt"
 else
-  python3 -P -m pytest -q -p no:cacheprovider tests/envs/test_optim.py -k cpu 2>&1 | tee "$OUT/parity.txt"
+  timeout 60 python3 -P -m pytest -q -p no:cacheprovider tests/envs/test_optim.py \
+    tests/envs/test_engine_capture.py -k "cpu or capture" 2>&1 | tee "$OUT/parity.txt"
 fi
-# Meta-training end to end with the inner runs on the device (PPO stays on the CPU).
-timeout 90 python3 -P -m hyperpilot.cli train --config smoke --device "$DEVICE" \
-  --total-timesteps 3200 --runs-root "$OUT/runs" --run-name smoke_$DEVICE \
-  --set logging.progress_bar=false 2>&1 | tee "$OUT/train.txt"
-test -f "$OUT/runs/smoke_$DEVICE/pilot/pilot.json"
-{ head -n 1; tail -n 1; } <"$OUT/runs/smoke_$DEVICE/progress.csv" >>"$OUT/train.txt"
+CAPTURE=$([ "$DEVICE" = cuda ] && echo --capture || true)
 
-# The GPU config's meta-training speed: two PPO rollouts of 1024 runs (no compile,
-# which would spend its first minutes compiling one graph per task bucket).
-timeout 150 python3 -P -m hyperpilot.cli train --config gpu --device "$DEVICE" \
-  --total-timesteps 65536 --runs-root "$OUT/runs" --run-name gpu_$DEVICE \
-  --set env.compile=false --set eval.freq=1000000 --set logging.progress_bar=false \
-  --set logging.plots=false 2>&1 | tee "$OUT/train_gpu.txt" || true
-cp "$OUT/runs/gpu_$DEVICE/progress.csv" "$OUT/progress_gpu.csv" || true
-
-timeout 150 python3 -P -m hyperpilot.cli bench throughput --device "$DEVICE" \
-  --n 64,256,1024,4096 --dummy-max-n 8 --seconds 2 --ppo-timesteps 0 \
+# Inner steps/s: raw loop, eager env and captured env, N = 64 .. 16,384.
+timeout 140 python3 -P -m hyperpilot.cli bench throughput --device "$DEVICE" \
+  --n 64,1024,4096,16384 --dummy-max-n 0 --seconds 1 --ppo-timesteps 0 $CAPTURE \
   --out "$OUT/BENCHMARKS-gpu.md" 2>&1 | tee "$OUT/bench.txt"
+
+# The GPU config's meta-training speed (one PPO rollout of 1024 runs), eager and
+# captured (no compile, which would spend its first minutes compiling).
+for mode in eager capture; do
+  [ "$mode" = capture ] && [ "$DEVICE" != cuda ] && continue
+  timeout 70 python3 -P -m hyperpilot.cli train --config gpu --device "$DEVICE" \
+    --total-timesteps 32768 --runs-root "$OUT/runs" --run-name "gpu_$mode" \
+    --set env.compile=false --set env.capture=$([ $mode = capture ] && echo true || echo false) \
+    --set eval.freq=1000000 --set logging.progress_bar=false \
+    --set logging.plots=false 2>&1 | tail -n 5 | tee "$OUT/train_gpu_$mode.txt" || true
+  cp "$OUT/runs/gpu_$mode/progress.csv" "$OUT/progress_gpu_$mode.csv" || true
+done

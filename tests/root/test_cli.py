@@ -43,3 +43,16 @@ def test_throughput_benchmark_writes_its_table(tmp_path):
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert "-" not in cells[:7]  # raw, DummyVecEnv and batched arms all measured
     assert cells[7] == "-"  # compiled only with --compiled
+    assert cells[8:] == ["-", "-"]  # captured only with --capture (CUDA)
+
+
+def test_operator_count_compares_the_env_with_the_raw_loop(tmp_path):
+    from hyperpilot import bench
+
+    out = tmp_path / "bench.md"
+    env, raw = bench.operator_calls(4, windows=1, out=out, log=lambda _: None)
+    assert raw > 0 and env > 0
+    text = out.read_text()
+    assert "## Operator calls" in text
+    (row,) = [line for line in text.splitlines() if line.startswith("| 4 | 10 |")]
+    assert row.endswith(f"| {env / raw:.2f}x |")

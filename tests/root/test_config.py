@@ -636,3 +636,14 @@ def test_action_bounds_are_env_keys_checked_by_the_env():
     assert config.to_dict()["env"]["action_bounds"]["beta1"] == [0.8, 0.99]
     with pytest.raises(ConfigError, match=r"^env\.action_bounds\.beta1"):
         load_config("smoke", ["env.action_bounds.beta1=[0.3, 0.9]"])
+
+
+def test_capture_is_a_config_key_refused_off_cuda(tmp_path):
+    import torch
+
+    path = write(tmp_path, "env:\n  capture: true\n")
+    config = load_config(path)
+    assert config.env.capture is True
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match=r"capture .* needs a CUDA device"):
+            config.env.settings("cpu")

@@ -482,8 +482,9 @@ def _quality(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="hyperpilot bench quality",
         description="Evaluate a pilot on the frozen heldout suite against every "
-        "method, plus bad starting learning rates, and append the results and the "
-        "quality targets to docs/BENCHMARKS.md. Resumable: finished jobs are reused.",
+        "method, with validation features and without (as deployed without a "
+        "val_fn), and append the results and the quality targets to "
+        "docs/BENCHMARKS.md. Resumable: finished jobs are reused.",
     )
     parser.add_argument(
         "--pilot", default="default", help="bundle folder or shipped name"

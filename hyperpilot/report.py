@@ -230,6 +230,11 @@ def profile_table(
 
 
 def _finite(value: Any) -> Any:
+    """`value` with every non-finite float in it (nested too) as None, for JSON."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -241,9 +246,9 @@ def write_outputs(
     """Writes results.json, results.csv, PNG plots and TensorBoard folders."""
     written = []
     clean = [{k: _finite(r[k]) for k in COLUMNS} for r in rows]
-    results = {"settings": settings, "summary": summary, "runs": clean}
+    results = _finite({"settings": settings, "summary": summary, "runs": clean})
     path = out / "results.json"
-    text = json.dumps(results, indent=1, default=_finite, allow_nan=False)
+    text = json.dumps(results, indent=1, allow_nan=False)
     atomic_write_text(path, text)
     written.append(path)
     path = out / "results.csv"

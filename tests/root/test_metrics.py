@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -9,7 +10,7 @@ from hyperpilot.metrics import (
     score_b,
     steps_to_target,
 )
-from hyperpilot.report import profile_table
+from hyperpilot.report import profile_table, write_outputs
 
 
 def test_steps_to_target_is_the_first_step_at_or_below():
@@ -54,3 +55,37 @@ def test_profile_table_gives_each_methods_share_of_tasks_per_factor():
     assert lines[0].split()[-3:] == ["1x", "2x", "4x"]
     assert lines[1].split() == ["fast", "100%", "100%", "100%"]
     assert lines[2].split() == ["slow", "50%", "50%", "100%"]
+
+
+def test_results_json_writes_a_diverged_methods_infinite_medians_as_null(tmp_path):
+    curves = {
+        "steps": [10, 20],
+        "train_loss": [2.0, math.inf],
+        "val_loss": [2.0, 3.0],
+        "lr": [1e-3, 1e-3],
+        "beta1": [0.9, 0.9],
+        "clip": [math.inf, math.inf],
+    }
+    row = {
+        "task": "t",
+        "seed": 0,
+        "method": "pilot",
+        "lr": 1e-3,
+        "test_loss": math.inf,
+        "test_accuracy": None,
+        "best_val_loss": 2.0,
+        "final_val_loss": math.nan,
+        "steps_to_target": None,
+        "diverged": True,
+        "inner_steps": 20,
+        "_record": curves,
+    }
+    summary = {"pilot": {"median_test_loss": {"t": math.inf}, "ratio": [1.0, math.nan]}}
+    write_outputs(tmp_path, [row], summary, [], {"init_lr": 1e-3})
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["summary"]["pilot"] == {
+        "median_test_loss": {"t": None},
+        "ratio": [1.0, None],
+    }
+    assert results["runs"][0]["test_loss"] is None
+    assert results["runs"][0]["final_val_loss"] is None
